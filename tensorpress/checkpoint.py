@@ -1,0 +1,111 @@
+"""Resolve what the user named as MODEL into a validated safetensors checkpoint folder.
+
+MODEL may be an HF folder, a `.gguf` file (converted once, cached) or a hub id (downloaded where the
+network allows). Everything downstream streams tensors from the folder's shards one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tensorpress.cache import cache_dir
+from tensorpress.errors import TensorpressError
+from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder, its config and lazy access to its tensors."""
+
+    spec: str
+    folder: Path
+    config_dict: dict
+    reader: SafetensorsReader
+
+    @property
+    def files(self) -> list[Path]:
+        return self.reader.files
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+    def tensor(self, name: str, check_finite: bool = True) -> torch.Tensor:
+        """Read one tensor; NaN/Inf in a floating tensor is an error naming it."""
+        t = self.reader.get(name)
+        if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TensorpressError(f"{self.reader.where[name]}: tensor {name} contains NaN or Inf values")
+        return t
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def resolve_folder(spec: str) -> Path:
+    """MODEL spec → a local folder with config.json and safetensors weights."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        from tensorpress.formats.gguf import gguf_to_folder
+
+        return gguf_to_folder(path, cache_dir())
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise TensorpressError(f"model '{spec}': not a checkpoint folder or .gguf file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
+        return _download(spec)
+    raise TensorpressError(f"model '{spec}': no such file or folder")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - transformers depends on it
+        raise TensorpressError(f"model '{repo_id}': hub download needs huggingface_hub") from e
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+            )
+        )
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TensorpressError(f"model '{repo_id}': cannot download from the hub ({msg})") from e
+
+
+def open_checkpoint(spec: str | Path) -> Checkpoint:
+    """Resolve and validate: config present, weights present, every shard header intact."""
+    spec = str(spec)
+    folder = resolve_folder(spec)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise TensorpressError(f"model '{spec}': {folder} has no config.json")
+    try:
+        config_dict = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TensorpressError(f"{cfg_path}: unreadable config ({e})") from e
+    files = weight_files(folder)
+    if not files:
+        bins = list(folder.glob("*.bin")) + list(folder.glob("*.pt"))
+        hint = " (only PyTorch .bin weights: re-save with safetensors)" if bins else ""
+        raise TensorpressError(f"model '{spec}': {folder} has no safetensors weights{hint}")
+    return Checkpoint(spec, folder, config_dict, SafetensorsReader(files))

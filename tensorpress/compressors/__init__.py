@@ -1,0 +1,8 @@
+"""The registry of compressors, keyed by the name used in recipes. Explicit: no discovery magic."""
+
+from tensorpress.compressors.base import Compressor
+from tensorpress.compressors.rtn import RTN
+
+REGISTRY: dict[str, type[Compressor]] = {c.name: c for c in (RTN,)}
+
+__all__ = ["REGISTRY", "Compressor"]

@@ -1,0 +1,43 @@
+"""Round-to-nearest quantization: the data-free baseline every other compressor is measured against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
+from tensorpress.quantization import QuantScheme, rtn_quantize
+
+
+@dataclass
+class RTNConfig:
+    bits: int = 4
+    group_size: int = 64  # -1: one group per output channel; need not divide in_features
+    symmetric: bool = True
+
+    def validate(self) -> None:
+        validate_scheme(self.bits, self.group_size)
+
+    def scheme(self) -> QuantScheme:
+        return QuantScheme(self.bits, self.group_size, self.symmetric)
+
+
+def validate_scheme(bits: int, group_size: int) -> None:
+    """Shared by every quantizer's config."""
+    if not 2 <= bits <= 8:
+        raise ConfigError("bits", f"must be 2–8, got {bits}")
+    if group_size == 0 or group_size < -1:
+        raise ConfigError("group_size", f"must be a positive number or -1 (per channel), got {group_size}")
+
+
+class RTN(Compressor):
+    name = "rtn"
+    Config = RTNConfig
+    quantizes = True
+    summary = "round-to-nearest integer quantization (data-free), per group or per channel"
+
+    def apply(self, work: LayerWork, targets: list[str]) -> None:
+        scheme = self.config.scheme()
+        for name in targets:
+            qw = rtn_quantize(work.weight(name), scheme, work.scale_dtype)
+            work.set_weight(name, qw.dequantize().float())
+            work.quantized[name] = qw

@@ -1,0 +1,2 @@
+class TensorpressError(Exception):
+    """User-facing error: a one-line message naming the culprit."""

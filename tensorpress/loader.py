@@ -1,0 +1,74 @@
+"""Turn any tensorpress output (or plain checkpoint) back into dense tensors or a torch model.
+
+Uses tensorpress's own decoders, not compressed-tensors, so outputs load without it installed; the
+test suite checks both give the same logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_linear
+from tensorpress.checkpoint import Checkpoint, open_checkpoint
+from tensorpress.errors import TensorpressError
+from tensorpress.formats.compressed_tensors import decode_weight, module_schemes
+from tensorpress.quantization import QuantScheme
+
+
+def quantized_modules(ckpt: Checkpoint, skel: Skeleton) -> dict[str, QuantScheme]:
+    """On-disk module name → scheme for every packed Linear of the checkpoint."""
+    qconfig = ckpt.config_dict.get("quantization_config")
+    if not qconfig or not skel.packed:
+        return {}
+    modules = {}
+    for key, disk in skel.packed.items():
+        mod = skel.model.get_submodule(key[: -len(".weight")])
+        modules[disk] = type(mod).__name__
+    schemes = module_schemes(qconfig, modules)
+    missing = [m for m in modules if m not in schemes]
+    if missing:
+        raise TensorpressError(f"{ckpt.folder}: {missing[0]} is packed but no quantization_config group targets it")
+    return schemes
+
+
+def dense_tensors(ckpt: Checkpoint, skel: Skeleton) -> Iterator[tuple[str, torch.Tensor]]:
+    """(model key, dense tensor in its stored dtype) for every tensor of the checkpoint, streamed."""
+    schemes = quantized_modules(ckpt, skel)
+    for key, disk in skel.name_map.items():
+        yield key, ckpt.tensor(disk)
+    for key, disk in skel.packed.items():
+        w = decode_weight(disk, schemes[disk], ckpt.tensor)
+        mod = skel.model.get_submodule(key[: -len(".weight")])
+        if not is_linear(mod):
+            raise TensorpressError(f"{disk}: packed weight on a {type(mod).__name__}, not a Linear")
+        if get_weight(mod).shape != w.shape:
+            raise TensorpressError(f"{disk}: weight_shape {tuple(w.shape)} does not fit {type(mod).__name__}")
+        if type(mod).__name__ == "Conv1D":
+            w = w.t().contiguous()
+        yield key, w
+
+
+def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """Load a checkpoint folder (plain or tensorpress-compressed) as a dense model, ready for eval."""
+    ckpt = open_checkpoint(path)
+    try:
+        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+        model = skel.model
+        state = {k: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                 for k, t in dense_tensors(ckpt, skel)}
+    finally:
+        ckpt.close()
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise TensorpressError(f"{path}: unexpected tensor {unexpected[0]}")
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise TensorpressError(f"{path}: no tensor for {still_meta[0]}")
+    model.to(device=device)  # buffers (rotary tables) were built for real at init
+    model.eval()
+    return model

@@ -1,0 +1,81 @@
+"""report.json (for machines and CI gates) and report.md (for people), written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tensorpress
+from tensorpress.atomic import write_text_atomic
+from tensorpress.checkpoint import Checkpoint
+from tensorpress.resources import StageMeter
+from tensorpress.sizes import size_stats
+
+
+def build_report(
+    out: Path, ckpt: Checkpoint, recipe: dict, metrics: dict, meter: StageMeter, notes: list[str], layer_stats: dict
+) -> dict:
+    sizes = size_stats(out)
+    base_sizes = size_stats(ckpt.folder)
+    report = {
+        "tensorpress_version": tensorpress.__version__,
+        "model": ckpt.spec,
+        "ppl_base": metrics.get("ppl_base"),
+        "ppl": metrics["ppl"],
+        "ppl_increase_pct": 100 * (metrics["ppl"] / metrics["ppl_base"] - 1) if metrics.get("ppl_base") else None,
+        "kl": metrics.get("kl"),
+        "top1_agreement": metrics.get("top1_agreement"),
+        "tokens": metrics["tokens"],
+        "eval": {k: metrics[k] for k in ("text", "windows", "seqlen") if k in metrics},
+        "bits_per_weight": sizes["bits_per_weight"],
+        "bits_per_param_overall": sizes["bits_per_param_overall"],
+        "size_bytes": sizes["size_bytes"],
+        "size_bytes_base": base_sizes["size_bytes"],
+        "quantized_modules": sizes["quantized_modules"],
+        "seconds": {k: round(v, 3) for k, v in meter.seconds.items()},
+        "peak_rss_bytes": meter.overall_peak,
+        "peak_rss_bytes_by_stage": dict(meter.peak_rss),
+        "recipe": recipe,
+        "notes": notes,
+        "relative_weight_error": {k: round(v, 6) for k, v in layer_stats.get("relative_error", {}).items()},
+    }
+    return report
+
+
+def write_report(folder: Path, report: dict) -> None:
+    write_text_atomic(folder / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(folder / "report.md", render_markdown(report))
+
+
+def _fmt(v, spec: str = ".4g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def render_markdown(r: dict) -> str:
+    mb = 1024 * 1024
+    lines = [
+        f"# tensorpress report — {r.get('recipe', {}).get('name') or 'recipe'} on {r['model']}",
+        "",
+        "| metric | base | compressed |",
+        "|---|---|---|",
+        f"| perplexity | {_fmt(r['ppl_base'])} | {_fmt(r['ppl'])} |",
+        f"| size | {r['size_bytes_base'] / mb:.1f} MiB | {r['size_bytes'] / mb:.1f} MiB |",
+        "",
+        f"- perplexity change: {_fmt(r['ppl_increase_pct'], '+.2f')} %",
+        f"- KL(base ‖ compressed), mean per token: {_fmt(r['kl'])}",
+        f"- top-1 agreement with base: {_fmt(r['top1_agreement'], '.2%') if r['top1_agreement'] is not None else '—'}",
+        f"- bits per quantized weight (codes + scales + zeros): {_fmt(r['bits_per_weight'])}",
+        f"- bits per parameter, whole checkpoint: {_fmt(r['bits_per_param_overall'])}",
+        f"- scored tokens: {r['tokens']} ({r['eval'].get('windows')} windows × {r['eval'].get('seqlen')}"
+        f" on `{r['eval'].get('text')}`)",
+        f"- peak RSS: {r['peak_rss_bytes'] / mb:.0f} MiB",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()],
+        "",
+    ]
+    if r.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]
+    lines += ["## Recipe", "", "```json", json.dumps(r["recipe"], indent=2), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Byte accounting of a checkpoint folder: what the compressed weights really cost on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
+
+PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+
+
+def size_stats(folder: Path) -> dict:
+    """Sizes of a checkpoint; bits_per_weight counts codes, scales and zero points of quantized Linears."""
+    files = weight_files(Path(folder))
+    infos: dict[str, TensorInfo] = {}
+    for f in files:
+        infos.update(read_header(f)[0])
+    modules = sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed"))
+    quant_bytes = sum(infos[f"{m}.{p}"].nbytes for m in modules for p in PACKED_PARTS if f"{m}.{p}" in infos)
+    quant_weights = 0
+    with SafetensorsReader(files) as r:
+        for m in modules:
+            out_f, in_f = r.get(f"{m}.weight_shape").tolist()
+            quant_weights += int(out_f) * int(in_f)
+    other_params = sum(_numel(i) for n, i in infos.items() if not n.endswith(PACKED_PARTS))
+    total_bytes = sum(f.stat().st_size for f in files)
+    params = quant_weights + other_params
+    return {
+        "size_bytes": total_bytes,
+        "params": params,
+        "quantized_modules": len(modules),
+        "quantized_weights": quant_weights,
+        "quantized_bytes": quant_bytes,
+        "bits_per_weight": 8 * quant_bytes / quant_weights if quant_weights else None,
+        "bits_per_param_overall": 8 * total_bytes / params if params else None,
+    }
+
+
+def _numel(info: TensorInfo) -> int:
+    n = 1
+    for d in info.shape:
+        n *= d
+    return n

@@ -1,0 +1,55 @@
+"""Text specs accepted everywhere a text is asked for, resolved to a plain string.
+
+- a file path (UTF-8 text)
+- `kjv:calib` / `kjv:eval`: the Old / New Testament of the offline sample
+- `hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]]` and `wikitext2`: through the `datasets` package, where it is
+  installed and the network allows
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorpress.errors import TensorpressError
+
+ALIASES = {"wikitext2": "hf:wikitext:wikitext-2-raw-v1:test:text"}
+
+
+def read_text(spec: str) -> str:
+    spec = ALIASES.get(spec, spec)
+    if spec in ("kjv:calib", "kjv:eval"):
+        from tensorpress.sample import ensure_texts
+
+        calib, evalp = ensure_texts()
+        return (calib if spec == "kjv:calib" else evalp).read_text(encoding="utf-8")
+    if spec.startswith("kjv:"):
+        raise TensorpressError(f"text '{spec}': unknown (use kjv:calib or kjv:eval)")
+    if spec.startswith("hf:"):
+        return _hf_text(spec)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise TensorpressError(f"text '{spec}': no such file (or use kjv:calib, kjv:eval, hf:DATASET, wikitext2)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TensorpressError(f"text '{spec}': cannot read as UTF-8 ({e})") from e
+
+
+def _hf_text(spec: str) -> str:
+    parts = spec[3:].split(":")
+    if not parts[0]:
+        raise TensorpressError(f"text '{spec}': expected hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]]")
+    name, config, split, column = (parts + [None] * 4)[:4]
+    try:
+        import datasets
+    except ImportError as e:
+        raise TensorpressError(f"text '{spec}': needs the 'datasets' package (pip install datasets)") from e
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split or "test")
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TensorpressError(f"text '{spec}': cannot load dataset ({msg})") from e
+    column = column or "text"
+    if column not in ds.column_names:
+        raise TensorpressError(f"text '{spec}': no column '{column}' (has: {', '.join(ds.column_names)})")
+    return "\n\n".join(ds[column])
