@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +110,10 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
         hint = " (only PyTorch .bin weights: re-save with safetensors)" if bins else ""
         raise TensorpressError(f"model '{spec}': {folder} has no safetensors weights{hint}")
     return Checkpoint(spec, folder, config_dict, SafetensorsReader(files))
+
+
+def copy_side_files(src: Path, dest: Path) -> None:
+    """Tokenizer, chat template and generation config travel with the weights."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)

@@ -13,7 +13,6 @@ calibration forwards.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import tensorpress
 from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_linear, materialize, release
 from tensorpress.atomic import atomic_dir, check_out_dir
 from tensorpress.calibration import calibration_windows, eval_windows, load_tokenizer
-from tensorpress.checkpoint import TOKENIZER_FILES, Checkpoint, open_checkpoint
+from tensorpress.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from tensorpress.compressors.base import LayerWork
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import pack_tensors, quantization_config
@@ -180,7 +179,7 @@ def compress(
             layer_stats = _compress_layers(skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes)
         meta_notes = sorted(set(notes))
         _write_config(tmp, ckpt, rec, layer_stats, meta_notes)
-        _copy_side_files(ckpt.folder, tmp)
+        copy_side_files(ckpt.folder, tmp)
         result = CompressResult(tmp, rec.to_dict(), meter.seconds, 0, meta_notes)
         if eval_tokens is not None:
             from tensorpress.evaluation import evaluate_tokens
@@ -351,9 +350,3 @@ def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: 
         "notes": notes,
     }
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def _copy_side_files(src: Path, dest: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dest / name)

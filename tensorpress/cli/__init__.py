@@ -1,0 +1,1 @@
+"""The `tensorpress` command line: a thin layer over the Python API, one file per command."""

@@ -1,0 +1,55 @@
+"""`tensorpress compress MODEL --recipe RECIPE --out DIR [--eval TEXT]`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tensorpress.cli.options import Device, Force, ModelArg, OutDir, Quiet, Seqlen, Windows, progress_for
+
+HELP = """Compress MODEL with RECIPE into DIR (packed safetensors), optionally evaluating it.
+
+Example:
+
+    tensorpress compress ~/.cache/tensorpress/models/SmolLM2-135M-Instruct --recipe rtn-w4g64 --out out --eval kjv:eval
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress", help=HELP)(compress_cmd)
+
+
+def compress_cmd(
+    model: ModelArg,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe.")],
+    out: OutDir,
+    eval_text: Annotated[
+        str | None, typer.Option("--eval", help="Evaluate on this text afterwards (e.g. kjv:eval); writes report.*")
+    ] = None,
+    windows: Windows = 48,
+    seqlen: Seqlen = 512,
+    device: Device = "cpu",
+    seed: Annotated[int | None, typer.Option(help="Calibration seed (overrides the recipe's).")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    from tensorpress.pipeline import compress
+
+    result = compress(
+        model, recipe, out, eval_text=eval_text, windows=windows, seqlen=seqlen, device=device,
+        seed=seed, force=force, progress=progress_for(quiet),
+    )
+    if quiet:
+        return
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    r = result.report
+    if r:
+        typer.echo(
+            f"ppl {r['ppl_base']:.3f} → {r['ppl']:.3f} ({r['ppl_increase_pct']:+.2f}%), KL {r['kl']:.4f}, "
+            f"top-1 {r['top1_agreement']:.2%}, {r['bits_per_weight'] or 0:.3f} bits/weight, "
+            f"{r['size_bytes_base'] / 2**20:.1f} → {r['size_bytes'] / 2**20:.1f} MiB"
+        )
+        typer.echo(f"report: {result.out / 'report.md'}")
+    typer.echo(f"wrote {result.out}")

@@ -1,0 +1,59 @@
+"""`tensorpress eval DIR [--base MODEL] [--text TEXT]`: perplexity, and KL/top-1 against a base."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from tensorpress.cli.options import Device, Format, ModelArg, OutputFormat, Quiet, Seqlen, TextSpec, Windows, progress_for
+
+HELP = """Evaluate DIR: perplexity on TEXT, and with a base model KL divergence and top-1 agreement.
+
+Without --base, a tensorpress output is compared with the base it was compressed from, when that is
+still where it was.
+
+Example:
+
+    tensorpress eval out --text kjv:eval --windows 48 --seqlen 512 --format json
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", help=HELP)(eval_cmd)
+
+
+def eval_cmd(
+    model: ModelArg,
+    base: Annotated[str | None, typer.Option(help="Base model to compare with (folder, .gguf or hub id).")] = None,
+    text: TextSpec = "kjv:eval",
+    windows: Windows = 48,
+    seqlen: Seqlen = 512,
+    device: Device = "cpu",
+    format: Format = OutputFormat.text,
+    quiet: Quiet = False,
+) -> None:
+    from pathlib import Path
+
+    from tensorpress.checkpoint import open_checkpoint
+    from tensorpress.evaluation import evaluate
+
+    if base is None:
+        ckpt = open_checkpoint(model)
+        recorded = (ckpt.config_dict.get("tensorpress") or {}).get("base")
+        ckpt.close()
+        if recorded and Path(recorded).is_dir():
+            base = recorded
+    metrics = evaluate(model, base, text, windows, seqlen, device, progress_for(quiet or format == OutputFormat.json))
+    metrics["base"] = base
+    if format == OutputFormat.json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    line = f"ppl {metrics['ppl']:.4f} on {metrics['tokens']} tokens of {text}"
+    if "ppl_base" in metrics:
+        line += (
+            f"; base ppl {metrics['ppl_base']:.4f}, KL {metrics['kl']:.4f}, "
+            f"top-1 agreement {metrics['top1_agreement']:.2%}"
+        )
+    typer.echo(line)

@@ -1,0 +1,57 @@
+"""Wires the commands together and owns the one top-level error handler.
+
+Every user-facing failure is a `TensorpressError` and becomes a one-line `error: ...` and exit 2;
+anything else is a bug and says so. `TENSORPRESS_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from tensorpress.cli import compress, decompress, eval, inspect, list_cmd, sample
+from tensorpress.errors import TensorpressError
+
+app = typer.Typer(
+    name="tensorpress",
+    help="Compress Hugging Face language-model checkpoints with YAML recipes, and measure what it cost.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+for module in (compress, eval, inspect, decompress, list_cmd, sample):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("TENSORPRESS_DEBUG") == "1"
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except TensorpressError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (TENSORPRESS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

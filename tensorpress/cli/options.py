@@ -1,0 +1,34 @@
+"""Options shared by several commands, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")]
+Device = Annotated[str, typer.Option("--device", help="Where to compute: cpu, cuda or cuda:N.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace --out if it exists and is not empty.")]
+Windows = Annotated[int, typer.Option("--windows", min=1, help="Evaluation windows (non-overlapping).")]
+Seqlen = Annotated[int, typer.Option("--seqlen", min=2, help="Tokens per evaluation window.")]
+Format = Annotated[OutputFormat, typer.Option("--format", help="text for people, json for scripts.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
+ModelArg = Annotated[str, typer.Argument(help="HF checkpoint folder, .gguf file, or hub id.")]
+TextSpec = Annotated[
+    str,
+    typer.Option(help="A text file, kjv:calib, kjv:eval, hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]] or wikitext2."),
+]
+
+
+def progress_for(quiet: bool):
+    from tensorpress.progress import Progress, RichProgress
+
+    return Progress() if quiet else RichProgress()

@@ -1,0 +1,40 @@
+"""Any tensorpress output → a plain dense HF checkpoint, streamed tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tensorpress.architecture import build_skeleton
+from tensorpress.atomic import atomic_dir, check_out_dir
+from tensorpress.checkpoint import copy_side_files, open_checkpoint
+from tensorpress.formats.safetensors_io import ShardWriter
+from tensorpress.loader import dense_tensors, quantized_modules
+
+
+def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
+    out = Path(out)
+    check_out_dir(out, force)
+    ckpt = open_checkpoint(model)
+    try:
+        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+        quantized_modules(ckpt, skel)  # fail early if a packed module has no scheme
+        with atomic_dir(out) as tmp:
+            writer = ShardWriter(tmp, metadata={"format": "pt"})
+            for key, t in dense_tensors(ckpt, skel):
+                disk = skel.packed.get(key)
+                if disk is not None:
+                    # Back to the dtype the scales were stored in: the checkpoint's own dtype.
+                    t = t.to(ckpt.tensor(f"{disk}.weight_scale").dtype)
+                writer.add(key, t)
+            writer.close()
+            cfg = dict(ckpt.config_dict)
+            cfg.pop("quantization_config", None)
+            tp = cfg.pop("tensorpress", None)
+            if tp:
+                cfg["tensorpress_decompressed_from"] = {"recipe": tp.get("recipe"), "version": tp.get("version")}
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            copy_side_files(ckpt.folder, tmp)
+    finally:
+        ckpt.close()
+    return out

@@ -1,0 +1,71 @@
+"""What `tensorpress inspect` shows: every tensor, every quantized module, the stored recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tensorpress.errors import TensorpressError
+from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
+from tensorpress.sizes import PACKED_PARTS, size_stats
+
+
+def inspect_path(path: str | Path) -> dict:
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".safetensors":
+        files, folder = [p], None
+    elif p.is_dir():
+        files, folder = weight_files(p), p
+        if not files:
+            raise TensorpressError(f"{p}: no safetensors files")
+    else:
+        raise TensorpressError(f"{path}: no such folder or .safetensors file")
+    infos: dict[str, TensorInfo] = {}
+    metadata: dict[str, str] = {}
+    for f in files:
+        i, m = read_header(f)
+        infos.update(i)
+        metadata.update(m)
+    config = {}
+    if folder is not None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text())
+    recipe = (config.get("tensorpress") or {}).get("recipe")
+    if recipe is None and "tensorpress" in metadata:
+        recipe = json.loads(metadata["tensorpress"]).get("recipe")
+    tensors = [
+        {"name": n, "dtype": i.dtype, "shape": list(i.shape), "bytes": i.nbytes} for n, i in sorted(infos.items())
+    ]
+    quantized = []
+    schemes = _schemes(config)
+    with SafetensorsReader(files) as r:
+        for name in sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed")):
+            out_f, in_f = r.get(f"{name}.weight_shape").tolist()
+            nbytes = sum(infos[f"{name}.{s}"].nbytes for s in PACKED_PARTS if f"{name}.{s}" in infos)
+            quantized.append(
+                {"name": name, "scheme": schemes.get(name, "?"), "weights": out_f * in_f,
+                 "bytes": nbytes, "bits_per_weight": 8 * nbytes / (out_f * in_f)}
+            )
+    stats = size_stats(folder) if folder is not None else None
+    qbytes = sum(q["bytes"] for q in quantized)
+    qweights = sum(q["weights"] for q in quantized)
+    summary = {
+        "tensors": len(tensors),
+        "size_bytes": stats["size_bytes"] if stats else p.stat().st_size,
+        "quantized_modules": len(quantized),
+        "bits_per_weight": 8 * qbytes / qweights if qweights else None,
+    }
+    return {"path": str(p), "summary": summary, "recipe": recipe, "tensors": tensors, "quantized": quantized,
+            "metadata": {k: v for k, v in metadata.items() if k != "tensorpress"}}
+
+
+def _schemes(config: dict) -> dict[str, str]:
+    out = {}
+    for group in ((config.get("quantization_config") or {}).get("config_groups") or {}).values():
+        w = group.get("weights") or {}
+        gs = w.get("group_size")
+        desc = f"int{w.get('num_bits')} {'sym' if w.get('symmetric') else 'asym'} " + (
+            f"g{gs}" if gs else "per-channel"
+        )
+        for t in group.get("targets", []):
+            out[t] = desc
+    return out
