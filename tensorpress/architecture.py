@@ -138,7 +138,9 @@ def _map_names(model: nn.Module, config, on_disk: set[str]) -> tuple[dict[str, s
         hit = next((c for c in candidates if c in on_disk), None)
         ident = id(t)
         if hit is None and key.endswith(".weight"):
-            stem = next((c[: -len(".weight")] for c in candidates if c[: -len("weight")] + "weight_packed" in on_disk), None)
+            stem = next(
+                (c[: -len(".weight")] for c in candidates if c[: -len("weight")] + "weight_packed" in on_disk), None
+            )
             if stem is not None:
                 packed[key] = stem
                 seen[ident] = key

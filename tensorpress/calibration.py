@@ -29,9 +29,7 @@ def calibration_windows(spec: str, tokenizer, samples: int, seqlen: int, seed: i
     """`samples` windows of `seqlen` tokens at seeded random offsets (as in the GPTQ papers). (S, L)."""
     ids = tokenize(read_text(spec), tokenizer)
     if ids.numel() <= seqlen:
-        raise TensorpressError(
-            f"text '{spec}': {ids.numel()} tokens, too short for calibration windows of {seqlen}"
-        )
+        raise TensorpressError(f"text '{spec}': {ids.numel()} tokens, too short for calibration windows of {seqlen}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen + 1, (samples,), generator=g)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
-from tensorpress.sizes import PACKED_PARTS, size_stats
+from tensorpress.sizes import COUNTED_PARTS, size_stats
 
 
 def inspect_path(path: str | Path) -> dict:
@@ -40,10 +40,15 @@ def inspect_path(path: str | Path) -> dict:
     with SafetensorsReader(files) as r:
         for name in sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed")):
             out_f, in_f = r.get(f"{name}.weight_shape").tolist()
-            nbytes = sum(infos[f"{name}.{s}"].nbytes for s in PACKED_PARTS if f"{name}.{s}" in infos)
+            nbytes = sum(infos[f"{name}.{s}"].nbytes for s in COUNTED_PARTS if f"{name}.{s}" in infos)
             quantized.append(
-                {"name": name, "scheme": schemes.get(name, "?"), "weights": out_f * in_f,
-                 "bytes": nbytes, "bits_per_weight": 8 * nbytes / (out_f * in_f)}
+                {
+                    "name": name,
+                    "scheme": schemes.get(name, "?"),
+                    "weights": out_f * in_f,
+                    "bytes": nbytes,
+                    "bits_per_weight": 8 * nbytes / (out_f * in_f),
+                }
             )
     stats = size_stats(folder) if folder is not None else None
     qbytes = sum(q["bytes"] for q in quantized)
@@ -54,8 +59,14 @@ def inspect_path(path: str | Path) -> dict:
         "quantized_modules": len(quantized),
         "bits_per_weight": 8 * qbytes / qweights if qweights else None,
     }
-    return {"path": str(p), "summary": summary, "recipe": recipe, "tensors": tensors, "quantized": quantized,
-            "metadata": {k: v for k, v in metadata.items() if k != "tensorpress"}}
+    return {
+        "path": str(p),
+        "summary": summary,
+        "recipe": recipe,
+        "tensors": tensors,
+        "quantized": quantized,
+        "metadata": {k: v for k, v in metadata.items() if k != "tensorpress"},
+    }
 
 
 def _schemes(config: dict) -> dict[str, str]:

@@ -58,11 +58,13 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
     try:
         skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
         model = skel.model
-        state = {k: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-                 for k, t in dense_tensors(ckpt, skel)}
+        state = {
+            k: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            for k, t in dense_tensors(ckpt, skel)
+        }
     finally:
         ckpt.close()
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise TensorpressError(f"{path}: unexpected tensor {unexpected[0]}")
     model.tie_weights()
@@ -70,5 +72,6 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
     if still_meta:
         raise TensorpressError(f"{path}: no tensor for {still_meta[0]}")
     model.to(device=device)  # buffers (rotary tables) were built for real at init
+    model.requires_grad_(False)
     model.eval()
     return model

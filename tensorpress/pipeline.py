@@ -266,6 +266,11 @@ def _record(work: LayerWork, originals: dict, schemes: dict, errors: dict, notes
         errors[name] = float((w1 - w0.float()).norm()) / denom
     for name, qw in work.quantized.items():
         schemes[name] = qw.scheme
+        if type(work.linear(name)).__name__ == "Conv1D":
+            notes.append(
+                "Conv1D layers (GPT-2 style) are not loadable by compressed-tensors/transformers, which would "
+                "initialize them randomly: load this output with tensorpress.load or `tensorpress decompress`"
+            )
         gs = qw.scheme.group_size
         in_f = qw.codes.shape[1]
         if gs != -1 and in_f % gs:

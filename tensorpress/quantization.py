@@ -108,9 +108,7 @@ def group_extremes(w: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, 
     return w.amin(dim=2), w.amax(dim=2)
 
 
-def quantize_with(
-    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: QuantScheme
-) -> torch.Tensor:
+def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: QuantScheme) -> torch.Tensor:
     """Codes for an (out, in) or (out, k) slice given per-column scale and zero. Returns int8.
 
     `scale`/`zero` must already be expanded to w's shape (or broadcastable to it).

@@ -7,6 +7,7 @@ from pathlib import Path
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+COUNTED_PARTS = PACKED_PARTS[:3]  # what bits/weight counts: codes, scales, zero points (not the shape)
 
 
 def size_stats(folder: Path) -> dict:
@@ -16,7 +17,7 @@ def size_stats(folder: Path) -> dict:
     for f in files:
         infos.update(read_header(f)[0])
     modules = sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed"))
-    quant_bytes = sum(infos[f"{m}.{p}"].nbytes for m in modules for p in PACKED_PARTS if f"{m}.{p}" in infos)
+    quant_bytes = sum(infos[f"{m}.{p}"].nbytes for m in modules for p in COUNTED_PARTS if f"{m}.{p}" in infos)
     quant_weights = 0
     with SafetensorsReader(files) as r:
         for m in modules:

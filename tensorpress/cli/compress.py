@@ -37,8 +37,16 @@ def compress_cmd(
     from tensorpress.pipeline import compress
 
     result = compress(
-        model, recipe, out, eval_text=eval_text, windows=windows, seqlen=seqlen, device=device,
-        seed=seed, force=force, progress=progress_for(quiet),
+        model,
+        recipe,
+        out,
+        eval_text=eval_text,
+        windows=windows,
+        seqlen=seqlen,
+        device=device,
+        seed=seed,
+        force=force,
+        progress=progress_for(quiet),
     )
     if quiet:
         return

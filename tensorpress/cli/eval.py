@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from tensorpress.cli.options import Device, Format, ModelArg, OutputFormat, Quiet, Seqlen, TextSpec, Windows, progress_for
+from tensorpress.cli.options import (
+    Device,
+    Format,
+    ModelArg,
+    OutputFormat,
+    Quiet,
+    Seqlen,
+    TextSpec,
+    Windows,
+    progress_for,
+)
 
 HELP = """Evaluate DIR: perplexity on TEXT, and with a base model KL divergence and top-1 agreement.
 

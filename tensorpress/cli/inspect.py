@@ -20,8 +20,9 @@ def register(app: typer.Typer) -> None:
     app.command("inspect", help=HELP)(inspect_cmd)
 
 
-def inspect_cmd(path: str = typer.Argument(..., help="Checkpoint folder or .safetensors file."),
-                format: Format = OutputFormat.text) -> None:
+def inspect_cmd(
+    path: str = typer.Argument(..., help="Checkpoint folder or .safetensors file."), format: Format = OutputFormat.text
+) -> None:
     from tensorpress.inspection import inspect_path
 
     info = inspect_path(path)
@@ -44,8 +45,11 @@ def inspect_cmd(path: str = typer.Argument(..., help="Checkpoint folder or .safe
     s = info["summary"]
     console.print(
         f"{s['tensors']} tensors, {s['size_bytes']:,} bytes; "
-        + (f"{s['quantized_modules']} quantized modules at {s['bits_per_weight']:.3f} bits/weight"
-           if s["bits_per_weight"] else "no quantized modules")
+        + (
+            f"{s['quantized_modules']} quantized modules at {s['bits_per_weight']:.3f} bits/weight"
+            if s["bits_per_weight"]
+            else "no quantized modules"
+        )
     )
     if info.get("recipe"):
         console.print("recipe:", json.dumps(info["recipe"]), highlight=False)

@@ -29,6 +29,10 @@ for module in (compress, eval, inspect, decompress, list_cmd, sample):
 
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("TENSORPRESS_DEBUG") == "1"
+    if not debug:
+        # Library chatter (progress bars, load reports) would drown our own one-line messages.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         rc = app(args=argv, standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -48,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"error: internal error: {type(e).__name__}: {e} (TENSORPRESS_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: internal error: {type(e).__name__}: {e} (TENSORPRESS_DEBUG=1 shows the traceback)", file=sys.stderr
+        )
         return 1
 
 

@@ -87,7 +87,7 @@ def _scheme_from_args(args: dict, where: str) -> QuantScheme:
 def _matches(target: str, name: str, class_name: str) -> bool:
     if target.startswith("re:"):
         return re.match(target[3:], name) is not None
-    return target == name or target == class_name
+    return target in (name, class_name)
 
 
 def module_schemes(qconfig: dict, modules: dict[str, str]) -> dict[str, QuantScheme]:

@@ -176,7 +176,7 @@ class ShardWriter:
     def _open(self) -> None:
         k = len(self.done) + 1
         self._cur = _Shard(self.folder / f".shard-{k:05d}.data")
-        self._data = open(self._cur.path, "wb")
+        self._data = open(self._cur.path, "wb")  # noqa: SIM115 - closed by _finish_shard or abort
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         t = tensor.detach().to("cpu").contiguous()
