@@ -225,9 +225,7 @@ def _compress_layers(
                 for n in names
                 if n.startswith(prefix)
             }
-            work = LayerWork(i, prefix, layer, _scale_dtype(dtypes))
-            if inputs:
-                work.run_calibration = lambda layer=layer: _run_all(layer, inputs, kwargs_list)
+            work = LayerWork(i, prefix, layer, _scale_dtype(dtypes), calib_inputs=inputs, calib_kwargs=kwargs_list)
             for step in rec.steps:
                 targets = [n for n in plan[step.index] if n.startswith(prefix)]
                 if targets:
@@ -245,12 +243,6 @@ def _compress_layers(
         writer.abort()
         raise
     return {"schemes": schemes, "relative_error": errors, "head": skel.lm_head_name()}
-
-
-def _run_all(layer: nn.Module, inputs: list[torch.Tensor], kwargs_list: list[dict]) -> None:
-    with torch.no_grad():
-        for x, kw in zip(inputs, kwargs_list, strict=True):
-            _run_layer(layer, x, kw)
 
 
 def _scale_dtype(dtypes: dict[str, torch.dtype]) -> torch.dtype:

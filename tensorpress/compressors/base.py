@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -95,9 +94,26 @@ class LayerWork:
     scale_dtype: torch.dtype  # dtype scales are stored in (the checkpoint's weight dtype)
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)  # full name → record
     notes: list[str] = field(default_factory=list)
-    # Set by the pipeline when a step needs calibration data: runs every calibration batch through
-    # the layer (with whatever hooks the caller registered) and returns nothing.
-    run_calibration: Callable[[], None] | None = None
+    # Calibration inputs of this layer (set by the pipeline when a step needs data): one hidden-state
+    # batch (B, L, H) and the keyword arguments the layer is called with, per batch.
+    calib_inputs: list[torch.Tensor] = field(default_factory=list)
+    calib_kwargs: list[dict] = field(default_factory=list)
+
+    def num_batches(self) -> int:
+        return len(self.calib_inputs)
+
+    def replay(self, batches: int | list[int] | None = None) -> None:
+        """Run calibration batches through the layer, for the hooks a compressor registered.
+
+        `batches`: all (None), the first k (int) or the listed indices. Outputs are discarded.
+        """
+        if not self.calib_inputs:
+            raise RuntimeError("internal: replay() on a layer without calibration inputs")
+        n = len(self.calib_inputs)
+        idx = range(n) if batches is None else range(min(batches, n)) if isinstance(batches, int) else batches
+        with torch.no_grad():
+            for b in idx:
+                self.module(self.calib_inputs[b], **self.calib_kwargs[b])
 
     def linear(self, full_name: str) -> nn.Module:
         return self.module.get_submodule(full_name[len(self.prefix) :]) if self.prefix else self.module

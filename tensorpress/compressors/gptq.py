@@ -1,0 +1,230 @@
+"""GPTQ (Frantar et al., 2022): quantize W column by column, folding each column's rounding error into
+the columns not yet quantized through the inverse Hessian of the layer's inputs.
+
+Names follow the paper and the reference implementation: H = Σ x xᵀ, Hinv the upper Cholesky factor
+of H⁻¹, blocks of `block_size` columns with lazy batch updates (Err1 @ Hinv[block, rest]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
+from tensorpress.compressors.rtn import validate_scheme
+from tensorpress.quantization import QuantizedWeight, QuantScheme, group_extremes, minmax_params
+
+
+@dataclass
+class GPTQConfig:
+    bits: int = 4
+    group_size: int = 64  # -1: per output channel; need not divide in_features
+    symmetric: bool = True
+    actorder: Literal["off", "static"] | bool = "off"  # static: descending diag(H) order, groups in original order
+    block_size: int = 128  # columns per lazy batch update
+    dampening: float = 0.01  # fraction of mean diag(H) added to the diagonal
+    mse_clip: bool = False  # search a shrunk range per group (minimizing |w - q(w)|^2.4) instead of min/max
+    true_sequential: bool = True  # quantize q/k/v, then o, then gate/up, then down, re-collecting H between
+
+    def validate(self) -> None:
+        validate_scheme(self.bits, self.group_size)
+        if self.block_size < 1:
+            raise ConfigError("block_size", f"must be ≥ 1, got {self.block_size}")
+        if not 0 < self.dampening < 1:
+            raise ConfigError("dampening", f"must be in (0, 1), got {self.dampening}")
+
+    def scheme(self) -> QuantScheme:
+        return QuantScheme(self.bits, self.group_size, self.symmetric)
+
+    @property
+    def act_order(self) -> bool:
+        return self.actorder in (True, "static")
+
+
+@dataclass
+class GPTQResult:
+    qw: QuantizedWeight
+    dampening: float  # the relative dampening that finally worked
+    retries: int
+    loss: float  # Σ over rows of the OBS loss (w - q)² / [H⁻¹]_jj, as in the reference
+
+
+def group_params(
+    W: torch.Tensor, scheme: QuantScheme, scale_dtype: torch.dtype, mse_clip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale/zero for each group of columns of W (out, k). Returns (out, G) tensors."""
+    lo, hi = group_extremes(W, scheme)
+    if not mse_clip:
+        return minmax_params(lo, hi, scheme, scale_dtype)
+    return mse_params(W, lo, hi, scheme, scale_dtype)
+
+
+def mse_params(
+    W: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    scheme: QuantScheme,
+    scale_dtype: torch.dtype,
+    grid: int = 20,
+    max_shrink: float = 0.2,
+    norm: float = 2.4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shrink each group's range by p ∈ [1 - max_shrink, 1] to minimize Σ|w - q(w)|^norm (GPTQ's `mse`)."""
+    out_f, in_f = W.shape
+    g = scheme.group_len(in_f)
+    G = scheme.groups(in_f)
+    pad = G * g - in_f
+    Wg = torch.nn.functional.pad(W, (0, pad)).reshape(out_f, G, g)  # padded columns are 0: harmless
+    mask = torch.ones(in_f, device=W.device)
+    mask = torch.nn.functional.pad(mask, (0, pad)).reshape(1, G, g)
+    best_err = torch.full((out_f, G), math.inf, device=W.device)
+    best_s, best_z = None, None
+    for i in range(grid + 1):
+        p = 1 - max_shrink * i / grid
+        s, z = minmax_params(lo * p, hi * p, scheme, scale_dtype)
+        zf = z.float()[..., None] if z is not None else 0.0
+        q = torch.clamp(torch.round(Wg / s.float()[..., None]) + zf, scheme.qmin, scheme.qmax)
+        err = (((q - zf) * s.float()[..., None] - Wg).abs().pow(norm) * mask).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = s if best_s is None else torch.where(better, s, best_s)
+        if z is not None:
+            best_z = z if best_z is None else torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _inverse_hessian_factor(H: torch.Tensor, dampening: float, max_retries: int = 6) -> tuple[torch.Tensor, float, int]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean diag(H); damp grows ×10 on failure."""
+    mean_diag = torch.mean(torch.diag(H))
+    damp = dampening
+    for retry in range(max_retries + 1):
+        Hd = H.clone()
+        Hd.diagonal().add_(damp * mean_diag)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0 and bool(torch.isfinite(U).all()):
+                return U, damp, retry
+        damp *= 10
+    raise ValueError(f"Hessian is not positive definite even with dampening {damp / 10:g}")
+
+
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    scheme: QuantScheme,
+    scale_dtype: torch.dtype,
+    block_size: int = 128,
+    dampening: float = 0.01,
+    act_order: bool = False,
+    mse_clip: bool = False,
+) -> GPTQResult:
+    """Quantize W (out, in) against H (in, in). Returns codes in the original column order."""
+    W = W.float().clone()
+    H = H.float().clone()
+    out_f, in_f = W.shape
+    gl = scheme.group_len(in_f)
+    G = scheme.groups(in_f)
+
+    dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    # Static groups: with act-order every group's parameters come from the original W, so codes keep
+    # their contiguous-group layout and no g_idx is needed at inference.
+    static = act_order or scheme.group_size == -1
+    scale = torch.empty(out_f, G, dtype=scale_dtype, device=W.device)
+    zero = None if scheme.symmetric else torch.empty(out_f, G, dtype=torch.int8, device=W.device)
+    if static:
+        s_all, z_all = group_params(W, scheme, scale_dtype, mse_clip)
+        scale.copy_(s_all)
+        if zero is not None:
+            zero.copy_(z_all)
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=W.device)
+    W = W[:, perm]
+    H = H[perm][:, perm]
+    Hinv, damp, retries = _inverse_hessian_factor(H, dampening)
+
+    codes = torch.empty(out_f, in_f, dtype=torch.int8, device=W.device)  # permuted order
+    losses = torch.zeros(out_f, device=W.device)
+    group_of = perm // gl  # (in,) original group of each permuted column
+
+    for i1 in range(0, in_f, block_size):
+        i2 = min(i1 + block_size, in_f)
+        W1 = W[:, i1:i2].clone()  # (out, count)
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i  # permuted column index
+            col = int(perm[j])  # original column index
+            g = int(group_of[j])
+            if not static and col % gl == 0:
+                # Lazy groups: parameters from the group's current (already error-updated) weights.
+                cur = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gl, in_f - col)]
+                s, z = group_params(cur, QuantScheme(scheme.bits, -1, scheme.symmetric), scale_dtype, mse_clip)
+                scale[:, g] = s[:, 0]
+                if zero is not None:
+                    zero[:, g] = z[:, 0]
+            w = W1[:, i]  # (out,)
+            d = Hinv1[i, i]
+            s = scale[:, g].float()
+            zf = zero[:, g].float() if zero is not None else 0.0
+            q_int = torch.clamp(torch.round(w / s) + zf, scheme.qmin, scheme.qmax)
+            q = (q_int - zf) * s
+            codes[:, j] = q_int.to(torch.int8)
+            Q1[:, i] = q
+            losses += (w - q) ** 2 / d**2 / 2
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    qw = QuantizedWeight(scheme, codes[:, inv].contiguous(), scale, zero)
+    return GPTQResult(qw, damp, retries, float(losses.sum()))
+
+
+class GPTQ(Compressor):
+    name = "gptq"
+    Config = GPTQConfig
+    needs_calibration = True
+    quantizes = True
+    summary = "GPTQ: Hessian-aware integer quantization with lazy block updates, act-order, groups of any size"
+
+    def apply(self, work: LayerWork, targets: list[str]) -> None:
+        from tensorpress.stats import collect_hessians, execution_stages
+
+        cfg: GPTQConfig = self.config
+        scheme = cfg.scheme()
+        stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
+        for stage in stages:
+            hessians = collect_hessians(work, stage)
+            for name in stage:
+                hess = hessians.get(name)
+                W = work.weight(name)
+                if hess is None or hess.n == 0:
+                    work.notes.append(f"gptq: {name} saw no calibration tokens; quantized with RTN")
+                    H = torch.eye(W.shape[1], device=W.device)
+                else:
+                    H = hess.H
+                try:
+                    res = gptq_quantize(
+                        W, H, scheme, work.scale_dtype, cfg.block_size, cfg.dampening, cfg.act_order, cfg.mse_clip
+                    )
+                except ValueError as e:
+                    from tensorpress.errors import TensorpressError
+
+                    raise TensorpressError(f"gptq: {name}: {e}") from e
+                if res.retries:
+                    work.notes.append(
+                        f"gptq: {name}: Cholesky failed at dampening {cfg.dampening:g}; "
+                        f"succeeded at {res.dampening:g} after {res.retries} retr{'y' if res.retries == 1 else 'ies'}"
+                    )
+                work.set_weight(name, res.qw.dequantize())
+                work.quantized[name] = res.qw
