@@ -8,6 +8,7 @@ q/k/v do not pay for the attention or the MLP.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -106,10 +107,8 @@ def collect_hessians(work: LayerWork, names: list[str]) -> dict[str, Hessian]:
         for b in range(work.num_batches()):
             fired.clear()
             batch_ptrs.clear()
-            try:
+            with contextlib.suppress(_StopReplay):
                 work.replay(batches=[b])
-            except _StopReplay:
-                pass
     finally:
         for h in handles:
             h.remove()
