@@ -12,7 +12,6 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,27 +90,29 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 
 class SafetensorsReader:
-    """Lazy access to the tensors of one or more validated safetensors shards."""
+    """Lazy access to the tensors of one or more validated safetensors shards.
+
+    Tensors are read with plain positioned reads into fresh buffers rather than through mmap: mapped
+    pages of a multi-GB checkpoint count toward the process's resident memory as they are touched,
+    which would make memory grow with model size even though each tensor is dropped after use.
+    """
 
     def __init__(self, files: list[Path]):
-        from safetensors import safe_open
-
-        self._stack = ExitStack()
         self.files = files
         self.where: dict[str, Path] = {}
         self.infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
-        self._handles = {}
+        self._data_start: dict[Path, int] = {}
+        self._handles: dict[Path, object] = {}
         for path in files:
             infos, meta = read_header(path)
             self.metadata.update(meta)
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+            self._data_start[path] = 8 + n
             for name, info in infos.items():
                 self.where[name] = path
                 self.infos[name] = info
-            try:
-                self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            except Exception as e:  # safetensors raises its own error types
-                raise TensorpressError(f"{path}: cannot open as safetensors ({e})") from e
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -122,10 +123,33 @@ class SafetensorsReader:
     def get(self, name: str) -> torch.Tensor:
         if name not in self.where:
             raise TensorpressError(f"tensor {name} not found in {', '.join(p.name for p in self.files)}")
-        return self._handles[self.where[name]].get_tensor(name)
+        path = self.where[name]
+        info = self.infos[name]
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        fd = self._fd(path)
+        view = memoryview(buf.numpy())
+        got = 0
+        while got < info.nbytes:
+            k = os.preadv(fd, [view[got:]], self._data_start[path] + info.begin + got)
+            if k <= 0:
+                raise TensorpressError(f"{path}: truncated while reading tensor {name}")
+            got += k
+        return buf.view(DTYPES[info.dtype]).reshape(info.shape)
+
+    def _fd(self, path: Path) -> int:
+        fd = self._handles.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise TensorpressError(f"{path}: cannot open ({e.strerror})") from e
+            self._handles[path] = fd
+        return fd  # type: ignore[return-value]
 
     def close(self) -> None:
-        self._stack.close()
+        for fd in self._handles.values():
+            os.close(fd)  # type: ignore[arg-type]
+        self._handles.clear()
 
     def __enter__(self) -> SafetensorsReader:
         return self
