@@ -214,6 +214,7 @@ def _compress_layers(
     compressors = {s.index: s.compressor() for s in rec.steps}
     schemes: dict[str, QuantScheme] = {}
     errors: dict[str, float] = {}
+    output_error: dict[int, float] = {}
     try:
         for i in progress.track(range(len(skel.layers)), "layers", total=len(skel.layers)):
             layer = skel.layers[i]
@@ -226,14 +227,22 @@ def _compress_layers(
                 if n.startswith(prefix)
             }
             work = LayerWork(i, prefix, layer, _scale_dtype(dtypes), calib_inputs=inputs, calib_kwargs=kwargs_list)
+            ref = None
+            if inputs:
+                with torch.no_grad():  # the uncompressed layer's update on batch 0, for the report
+                    ref = _run_layer(layer, inputs[0], kwargs_list[0]) - inputs[0]
             for step in rec.steps:
                 targets = [n for n in plan[step.index] if n.startswith(prefix)]
                 if targets:
                     compressors[step.index].apply(work, targets)
             if inputs:
+                x0 = inputs[0]
                 with torch.no_grad():
                     for b, x in enumerate(inputs):
                         inputs[b] = _run_layer(layer, x, kwargs_list[b]).detach()
+                if ref is not None:
+                    # Relative error of what the layer adds to the residual stream, same input for both.
+                    output_error[i] = float((inputs[0] - x0 - ref).norm() / ref.norm().clamp_min(1e-12))
             _record(work, originals, schemes, errors, notes)
             _pack_module(writer, layer, prefix, skel, dtypes, work)
             release(layer)
@@ -242,7 +251,7 @@ def _compress_layers(
     except BaseException:
         writer.abort()
         raise
-    return {"schemes": schemes, "relative_error": errors, "head": skel.lm_head_name()}
+    return {"schemes": schemes, "relative_error": errors, "output_error": output_error, "head": skel.lm_head_name()}
 
 
 def _scale_dtype(dtypes: dict[str, torch.dtype]) -> torch.dtype:

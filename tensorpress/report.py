@@ -38,6 +38,8 @@ def build_report(
         "recipe": recipe,
         "notes": notes,
         "relative_weight_error": {k: round(v, 6) for k, v in layer_stats.get("relative_error", {}).items()},
+        # Per decoder layer (calibrated recipes only): |f̂(x) - f(x)| / |f(x) - x| on calibration batch 0.
+        "layer_output_error": {str(k): round(v, 6) for k, v in layer_stats.get("output_error", {}).items()},
     }
     return report
 
