@@ -212,6 +212,8 @@ def _compress_layers(
     meta = {"format": "pt", "tensorpress": json.dumps({"version": tensorpress.__version__, "recipe": rec.to_dict()})}
     writer = ShardWriter(tmp, metadata=meta)
     compressors = {s.index: s.compressor() for s in rec.steps}
+    for s in rec.steps:
+        compressors[s.index].prepare(rec, s)
     schemes: dict[str, QuantScheme] = {}
     errors: dict[str, float] = {}
     output_error: dict[int, float] = {}

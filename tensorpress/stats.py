@@ -26,14 +26,26 @@ class _StopReplay(Exception):
 class Hessian:
     H: torch.Tensor  # (in, in) fp32, Σ x xᵀ
     n: int = 0  # tokens accumulated
-    abs_mean: torch.Tensor | None = None  # (in,) Σ |x| (for AWQ-style statistics), filled on demand
+    abs_sum: torch.Tensor | None = None  # (in,) Σ |x| (AWQ statistics), when asked for
     sq_sum: torch.Tensor | None = None  # (in,) Σ x² (= diag(H), kept for convenience)
     members: list[str] = field(default_factory=list)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
         self.H.addmm_(x.t(), x)
+        if self.abs_sum is not None:
+            self.abs_sum += x.abs().sum(0)
         self.n += x.shape[0]
+
+    def mean_abs(self) -> torch.Tensor:
+        """(in,) mean |x| per input channel (AWQ's activation statistic)."""
+        if self.abs_sum is None:
+            raise RuntimeError("internal: Hessian collected without abs statistics")
+        return self.abs_sum / max(self.n, 1)
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
@@ -45,7 +57,8 @@ def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
 
     def hook_for(name: str):
         def hook(_m: nn.Module, inp: tuple) -> None:
-            order.append((name, inp[0].data_ptr()))
+            # The tensor itself is kept so its address cannot be reused by a later input this replay.
+            order.append((name, inp[0]))
             if len(order) == len(targets):
                 raise _StopReplay
 
@@ -60,13 +73,13 @@ def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
         for h in handles:
             h.remove()
     stages: list[list[str]] = []
-    last_ptr = None
-    for name, ptr in order:
-        if stages and ptr == last_ptr:
+    last = None
+    for name, x in order:
+        if stages and last is not None and _same_tensor(x, last):
             stages[-1].append(name)
         else:
             stages.append([name])
-        last_ptr = ptr
+        last = x
     seen = {n for s in stages for n in s}
     missing = [n for n in targets if n not in seen]
     if missing:  # modules the forward never reached still get (empty) statistics, in one last stage
@@ -74,25 +87,29 @@ def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
     return stages
 
 
-def collect_hessians(work: LayerWork, names: list[str]) -> dict[str, Hessian]:
-    """Replay every calibration batch through the layer and accumulate H for each module in `names`."""
+def collect_hessians(work: LayerWork, names: list[str], with_abs: bool = False) -> dict[str, Hessian]:
+    """Replay every calibration batch through the layer and accumulate H for each module in `names`.
+
+    `with_abs` also sums |x| per input channel (for AWQ).
+    """
     device = next(work.module.parameters()).device
     out: dict[str, Hessian] = {}
     leader_of: dict[str, str] = {}  # module → the module whose Hessian it shares
     fired: set[str] = set()
-    batch_ptrs: dict[int, str] = {}
+    batch_inputs: list[tuple[torch.Tensor, str]] = []  # inputs seen this batch (kept alive: no address reuse)
 
     def hook_for(name: str):
         def hook(_m: nn.Module, inp: tuple) -> None:
             x = inp[0]
             if name not in leader_of:
-                ptr = x.data_ptr()
-                leader = batch_ptrs.get(ptr)
+                leader = next((n for t, n in batch_inputs if _same_tensor(t, x)), None)
                 leader_of[name] = leader or name
                 if leader is None:
-                    batch_ptrs[ptr] = name
+                    batch_inputs.append((x, name))
                     in_f = in_out(work.linear(name))[0]
                     out[name] = Hessian(torch.zeros(in_f, in_f, device=device))
+                    if with_abs:
+                        out[name].abs_sum = torch.zeros(in_f, device=device)
                 out[leader_of[name]].members.append(name)
             if leader_of[name] == name:
                 out[name].add(x.detach())
@@ -106,7 +123,7 @@ def collect_hessians(work: LayerWork, names: list[str]) -> dict[str, Hessian]:
     try:
         for b in range(work.num_batches()):
             fired.clear()
-            batch_ptrs.clear()
+            batch_inputs.clear()
             with contextlib.suppress(_StopReplay):
                 work.replay(batches=[b])
     finally:

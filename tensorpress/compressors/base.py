@@ -138,5 +138,8 @@ class Compressor:
     def __init__(self, config: Any):
         self.config = config
 
+    def prepare(self, recipe: Any, step: Any) -> None:
+        """Called once before the layer loop with the whole recipe (e.g. to find the quantizer that follows)."""
+
     def apply(self, work: LayerWork, targets: list[str]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
