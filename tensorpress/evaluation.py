@@ -86,3 +86,44 @@ def evaluate(
     metrics = evaluate_tokens(folder, base, tokens, device=device, progress=progress)
     metrics["text"] = text
     return metrics
+
+
+def evaluate_many(
+    models: dict[str, str | Path],
+    base: str | Path,
+    tokens: torch.Tensor,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> dict[str, dict]:
+    """Evaluate several checkpoints against one base on the same windows, running the base once.
+
+    Same formulas as `evaluate_tokens`; all models are held in memory together (fine for comparisons of
+    small models in benchmarks and batches). Returns name → metrics, plus "base" → {"ppl": …}.
+    """
+    progress = progress or Progress()
+    ref = load(base, device=device)
+    comps = {name: load(path, device=device) for name, path in models.items()}
+    sums = {name: {"nll": 0.0, "kl": 0.0, "agree": 0} for name in comps}
+    nll_b, n = 0.0, 0
+    for ids in progress.track(tokens.split(1), "eval windows", total=len(tokens)):
+        ids = ids.to(device)
+        lb = _logits(ref, ids)
+        s, k = window_stats(lb, ids)
+        nll_b += s
+        n += k
+        logp_b = F.log_softmax(lb[:, :-1], dim=-1)
+        top_b = lb[:, :-1].argmax(-1)
+        for name, comp in comps.items():
+            lc = _logits(comp, ids)
+            acc = sums[name]
+            acc["nll"] += window_stats(lc, ids)[0]
+            logp_c = F.log_softmax(lc[:, :-1], dim=-1)
+            acc["kl"] += float((logp_b.exp() * (logp_b - logp_c)).sum(-1).double().sum())
+            acc["agree"] += int((top_b == lc[:, :-1].argmax(-1)).sum())
+    common = {"tokens": n, "windows": len(tokens), "seqlen": tokens.shape[1], "ppl_base": math.exp(nll_b / n)}
+    out = {
+        name: {**common, "ppl": math.exp(a["nll"] / n), "kl": a["kl"] / n, "top1_agreement": a["agree"] / n}
+        for name, a in sums.items()
+    }
+    out["base"] = {**common, "ppl": common["ppl_base"]}
+    return out
