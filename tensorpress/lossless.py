@@ -83,3 +83,22 @@ def _fix_index(folder: Path) -> None:
 def packed_bits(schemes: dict) -> dict[str, int]:
     """Module name → QuantScheme (pipeline stats) → weight_packed tensor name → bits."""
     return {f"{m}.weight_packed": s.bits for m, s in schemes.items()}
+
+
+def coded_info(entry: dict | None, coded_bytes: int) -> dict:
+    """What `inspect` shows of a coded tensor: its real dtype and shape, raw bytes and the ratio."""
+    if entry is None:
+        return {}
+    info = {
+        "dtype": entry.get("dtype"),
+        "shape": entry.get("shape"),
+        "raw_bytes": entry.get("raw_bytes", 0),
+        "ratio": coded_bytes / entry["raw_bytes"] if entry.get("raw_bytes") else None,
+        "layout": entry.get("layout"),
+    }
+    bits = entry.get("codes_bits")
+    if bits:
+        rows, words = entry["shape"]
+        info["codes_bits"] = bits
+        info["bits_per_code"] = 8 * coded_bytes / (rows * words * 32 // bits) if rows * words else None
+    return info

@@ -163,7 +163,7 @@ def split(layout: str, raw: np.ndarray) -> list[np.ndarray]:
     if layout.startswith("fp32"):
         w = raw.reshape(-1, 4)  # little-endian: bytes 2, 3 are the bf16 top half
         top = np.ascontiguousarray(w[:, 2:]).reshape(-1)
-        return _split_bf16(top, layout[5:]) + [np.ascontiguousarray(w[:, :2]).reshape(-1)]
+        return [*_split_bf16(top, layout[5:]), np.ascontiguousarray(w[:, :2]).reshape(-1)]
     if layout == "fp16":
         return [raw[1::2], raw[0::2]]
     return [raw]
@@ -227,7 +227,7 @@ def bytes_to_codes(data: np.ndarray, bits: int, rows: int, words: int) -> torch.
 
 def code_entropy(packed: torch.Tensor, bits: int) -> tuple[int, float]:
     """(number of codes, order-0 empirical entropy in bits per code) of a packed tensor."""
-    rows, words = packed.shape
+    words = packed.shape[1]
     codes = unpack_int32(packed, bits, words * 32 // bits).reshape(-1).to(torch.int64) + (1 << (bits - 1))
     p = torch.bincount(codes, minlength=1 << bits).double() / codes.numel()
     p = p[p > 0]
@@ -269,7 +269,9 @@ def encode_tensor(
     pieces = [raw[i : i + step] for i in range(0, raw.size, step)]
     coded = _map(lambda p: _encode_frame(layout, p), pieces, threads)
     entry["layout"] = layout
-    entry["frames"] = [[p.size // itemsize, crc, *(len(s) for s in streams)] for p, (crc, streams) in zip(pieces, coded)]
+    entry["frames"] = [
+        [p.size // itemsize, crc, *(len(s) for s in streams)] for p, (crc, streams) in zip(pieces, coded, strict=True)
+    ]
     entry["raw_bytes"] = t.numel() * t.element_size()
     return b"".join(s for _, streams in coded for s in streams), entry
 
@@ -321,7 +323,7 @@ def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tu
         if not 0 < n <= MAX_FRAME_ELEMS or any(v < 0 for v in lens):
             raise bad(f"frame of {n} values")
         for kind, size, ln in zip(layout.kinds, layout.stream_sizes(n), lens, strict=True):
-            if kind == "r" and ln != size or kind != "r" and ln * ZSTD_MAX_RATIO < size:
+            if (kind == "r" and ln != size) or (kind != "r" and ln * ZSTD_MAX_RATIO < size):
                 raise bad(f"a stream of {ln} bytes cannot hold {size}")
         out.append((n, crc, offset, lens))
         offset += sum(lens)
