@@ -372,4 +372,6 @@ def decode_tensor(name: str, coded: np.ndarray, entry: dict, threads: int | None
     if "codes_bits" in entry:
         rows, words = entry["shape"]
         return bytes_to_codes(raw, entry["codes_bits"], rows, words)
+    if raw.size == 0:
+        return torch.empty(entry["shape"], dtype=dtype)
     return torch.from_numpy(raw).view(dtype).reshape(entry["shape"])
