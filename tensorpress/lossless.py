@@ -1,7 +1,7 @@
 """The lossless stage: rewrite a folder's safetensors shards into entropy-coded form, in place.
 
 Coded shards stay valid safetensors: each tensor keeps its name and becomes a 1-D uint8 tensor of its
-frames; the frame table (dtype, shape, layout, per-frame sizes and CRC32) is JSON under the shard
+frames; the frame table (dtype, shape, layout, per-frame sizes and XXH3-64 digests) is JSON under the shard
 metadata key `tensorpress.entropy`. `SafetensorsReader.get` decodes such tensors transparently, so the
 loader, `decompress`, `eval` and the pipeline's own readers work unchanged on coded outputs.
 """

@@ -99,8 +99,8 @@ def test_ratios_near_the_exponent_bound():
     p = torch.bincount((u >> 7) & 0xFF, minlength=256).double() / t.numel()
     h_exp = float(-(p[p > 0] * p[p > 0].log2()).sum())
     bound = (h_exp + 8) / 16  # exponent entropy + raw sign and mantissa
-    assert best < fast < raw * (bound + 0.01)
-    assert best < raw * (bound + 0.005)  # Huffman's redundancy, partly paid back by the mantissa's slack
+    # max: Huffman's redundancy, partly paid back by the mantissa's slack; fast trades ratio for speed
+    assert best < raw * (bound + 0.005) < fast < raw * 0.68
 
 
 def test_int4_rtn_codes_within_003_bits_of_entropy():
@@ -173,7 +173,7 @@ def test_corrupted_raw_mantissa_caught_by_checksum(tmp_path):
     t = weights(3000, torch.bfloat16)
     blob, e = encode_tensor(t, "fast")
     data = bytearray(blob)
-    data[-10] ^= 1  # the raw sign+mantissa stream: no zstd to notice, only the CRC
+    data[-10] ^= 1  # the raw low-byte stream: no zstd to notice, only the CRC
     with pytest.raises(TensorpressError, match="tensor w: checksum mismatch"):
         decode_tensor("w", np.frombuffer(bytes(data), np.uint8), e)
 

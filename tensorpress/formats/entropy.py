@@ -4,21 +4,21 @@ Why this shape: trained weights spend most of their bits on sign and mantissa, w
 uniform, while the exponent takes a handful of values (≈2.6 bits of entropy in 8). So each value is
 split into byte streams by field; the skewed streams go through zstd's Huffman literal stage (zstd
 tuned so it finds next to no matches: min_match 7, a 64-entry hash table, target_length 0 so literal
-compression stays on), the uniform ones are stored raw. Layouts, per value of the tensor:
+compression stays on), the near-uniform ones are stored raw. Layouts (bits of one value, MSB first):
 
-    bf16 (s e7..e0 m6..m0)   fast: exp byte e ─zstd, byte (s|m) raw              ≈ 2.67 + 8 bits
-                             max:  byte (s|e6..e0) ─zstd, byte m ─zstd (7 live bits → ≈7.0),
-                                   bit e7 packed 8 per byte ─zstd (≈0: |w| < 2)    ≈ 3.65 + 6.98 bits
-    fp32                      its top 16 bits exactly as bf16, the low 16 mantissa bits raw
-    fp16 (s e4..e0 m9..m0)    high byte (s|e|m9 m8) ─zstd, low byte raw
-    b-bit packed codes        int32 words unpacked to codes, ⌊8/b⌋ codes per byte ─zstd
-                              (for b = 4 that is the packed bytes themselves: Huffman over code pairs)
-    anything else             its bytes ─zstd
+    bf16 max  (s e7..e0 m6..m0)  byte s|e6..e0 ─zstd, byte m6..m0 ─zstd (7 live bits: ≈6.98),
+                                 bit e7 (0 unless |w| ≥ 2), 8 a byte ─zstd       ≈ 3.65 + 6.98 + 0
+    bf16 fast, fp16              high byte (sign + 7 exponent bits, resp. s e4..e0 m9 m8) ─zstd,
+                                 low byte raw: decodes with one Huffman stream and three numpy passes
+    fp32 max / fast              top 16 bits as bf16 max / the high byte coded; the rest raw
+    b-bit packed codes           int32 words unpacked to codes, ⌊8/b⌋ codes a byte ─zstd
+                                 (for b = 4 those are the packed bytes: Huffman over code pairs)
+    anything else                its bytes ─zstd
 
-A tensor is cut into frames of about 1 MiB of raw bytes; every frame is decoded on its own (threads:
-zstd and numpy release the GIL) and carries the CRC32 of its decoded bytes, so all frames verified is
-the whole tensor verified. The frame table lives in JSON next to the coded bytes; every size in it is
-checked against the coded bytes before anything is allocated.
+A tensor is cut into frames of about 1 MiB of raw bytes; each frame decodes on its own (threads: zstd,
+numpy and xxhash release the GIL) and carries the XXH3-64 digest of its decoded bytes, so all frames
+verified is the whole tensor verified. The frame table lives in JSON next to the coded bytes; every
+size in it is checked against the coded bytes before anything is allocated.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import xxhash
 import zstandard
 
 from tensorpress.errors import TensorpressError
@@ -79,121 +79,110 @@ def _map(fn, items: list, threads: int | None) -> list:
     return list(pool.map(fn, items))
 
 
-# ---- layouts: a frame's raw bytes ⇄ byte streams (each "z" zstd-coded, "r" stored raw) ----------------
+# ---- layouts: a frame's raw bytes ⇄ byte streams ------------------------------------------------------
+# Stream kinds: "z" zstd-coded bytes, "zb" zstd-coded bits (8 values a byte), "r" raw bytes (w per value).
 
 
-def _split_bf16(b: np.ndarray, level: str) -> list[np.ndarray]:
-    """b: (2n,) uint8 holding bf16 patterns (s e7..e0 m6..m0) → byte streams."""
-    u = b.view(np.uint16)
-    if level == "fast":
-        return [(u >> 7).astype(np.uint8), ((u >> 8) & 0x80).astype(np.uint8) | (u & 0x7F).astype(np.uint8)]
-    x = ((u >> 8) & 0x80).astype(np.uint8) | ((u >> 7) & 0x7F).astype(np.uint8)  # sign + low 7 exponent bits
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    itemsize: int  # bytes per value
+    streams: tuple[tuple[str, int], ...]  # (kind, bytes per value) of each stream
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.streams)
+
+    def stream_sizes(self, n: int) -> list[int]:
+        """Decoded byte size of each stream for a frame of n values."""
+        return [math.ceil(n / 8) if k == "zb" else n * w for k, w in self.streams]
+
+
+LAYOUTS = {
+    lay.name: lay
+    for lay in (
+        Layout("hilo16", 2, (("z", 1), ("r", 1))),  # bf16 fast, fp16: high byte (sign + exponent) coded
+        Layout("hilo32", 4, (("z", 1), ("r", 3))),  # fp32 fast
+        Layout("bf16-max", 2, (("z", 1), ("z", 1), ("zb", 0))),
+        Layout("fp32-max", 4, (("z", 1), ("z", 1), ("zb", 0), ("r", 2))),
+        Layout("bytes", 1, (("z", 1),)),
+    )
+}
+
+
+def layout_for(dtype: torch.dtype, level: str) -> str:
+    if dtype == torch.bfloat16:
+        return "bf16-max" if level == "max" else "hilo16"
+    if dtype == torch.float32:
+        return "fp32-max" if level == "max" else "hilo32"
+    if dtype == torch.float16:
+        return "hilo16"
+    return "bytes"
+
+
+def _split_bf16_max(u: np.ndarray) -> list[np.ndarray]:
+    """u: (n,) uint16 bf16 patterns (s e7..e0 m6..m0) → [s|e6..e0, m6..m0, packed e7 bits]."""
+    x = ((u >> 8) & 0x80).astype(np.uint8) | ((u >> 7) & 0x7F).astype(np.uint8)
     e7 = np.packbits((u >> 14).astype(np.uint8) & 1, bitorder="little")
     return [x, (u & 0x7F).astype(np.uint8), e7]
 
 
-def _join_bf16(streams: list[np.ndarray], n: int, level: str, out: np.ndarray) -> None:
-    """Inverse of _split_bf16 into out: (2n,) uint8. In-place 16-bit passes (the fastest numpy way)."""
-    u = out.view(np.uint16)
-    t = np.empty_like(u)
-    if level == "fast":
-        e, sm = streams
-        np.copyto(u, e, casting="unsafe")
-        np.left_shift(u, 7, out=u)  # exponent in place, sign bit still 0
-        np.copyto(t, sm, casting="unsafe")
-        np.left_shift(t, 8, out=t)
-        np.bitwise_and(t, 0x8000, out=t)
-        np.bitwise_or(u, t, out=u)
-        np.copyto(t, sm, casting="unsafe")
-        np.bitwise_and(t, 0x7F, out=t)
-        np.bitwise_or(u, t, out=u)
-        return
+def _join_bf16_max(streams: list[np.ndarray], u: np.ndarray) -> None:
+    """Inverse of _split_bf16_max into u: (n,) uint16. In-place 16-bit passes (numpy's fastest way)."""
     x, m, e7 = streams
+    t = np.empty_like(u)
     np.copyto(u, x, casting="unsafe")
-    np.left_shift(u, 7, out=u)  # sign at bit 14 for now, exponent bits 6..0 in place
+    np.left_shift(u, 7, out=u)  # exponent bits 6..0 in place, the sign one bit too low
     np.bitwise_and(u, 0x4000, out=t)
     np.bitwise_xor(u, t, out=u)
     np.left_shift(t, 1, out=t)
     np.bitwise_or(u, t, out=u)
     np.bitwise_or(u, m, out=u, casting="unsafe")
     if e7.any():  # |w| ≥ 2 somewhere in the frame
-        np.copyto(t, np.unpackbits(e7, count=n, bitorder="little"), casting="unsafe")
+        np.copyto(t, np.unpackbits(e7, count=u.size, bitorder="little"), casting="unsafe")
         np.left_shift(t, 14, out=t)
         np.bitwise_or(u, t, out=u)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How one dtype's values become streams: kinds[i] is 'z' (zstd) or 'r' (raw) for stream i."""
-
-    name: str
-    itemsize: int
-    kinds: tuple[str, ...]
-
-    def stream_sizes(self, n: int) -> list[int]:
-        """Decoded byte size of each stream for a frame of n values."""
-        return [math.ceil(n / 8) if k == "zb" else n * w for k, w in zip(self.kinds, self._widths(), strict=True)]
-
-    def _widths(self) -> tuple[int, ...]:
-        return _WIDTHS[self.name]
-
-
-_WIDTHS = {
-    "bf16-fast": (1, 1),
-    "bf16-max": (1, 1, 0),
-    "fp32-fast": (1, 1, 2),
-    "fp32-max": (1, 1, 0, 2),
-    "fp16": (1, 1),
-    "bytes": (1,),
-}
-LAYOUTS = {
-    "bf16-fast": Layout("bf16-fast", 2, ("z", "r")),
-    "bf16-max": Layout("bf16-max", 2, ("z", "z", "zb")),
-    "fp32-fast": Layout("fp32-fast", 4, ("z", "r", "r")),
-    "fp32-max": Layout("fp32-max", 4, ("z", "z", "zb", "r")),
-    "fp16": Layout("fp16", 2, ("z", "r")),
-    "bytes": Layout("bytes", 1, ("z",)),
-}
-
-
 def split(layout: str, raw: np.ndarray) -> list[np.ndarray]:
-    """raw: (n·itemsize,) uint8 of one frame → streams."""
-    if layout.startswith("bf16"):
-        return _split_bf16(raw, layout[5:])
-    if layout.startswith("fp32"):
-        w = raw.reshape(-1, 4)  # little-endian: bytes 2, 3 are the bf16 top half
-        top = np.ascontiguousarray(w[:, 2:]).reshape(-1)
-        return [*_split_bf16(top, layout[5:]), np.ascontiguousarray(w[:, :2]).reshape(-1)]
-    if layout == "fp16":
-        return [raw[1::2], raw[0::2]]
+    """raw: (n·itemsize,) uint8 of one frame, little-endian values → streams."""
+    if layout == "hilo16":
+        u = raw.view(np.uint16)
+        return [(u >> 8).astype(np.uint8), u.astype(np.uint8)]
+    if layout == "hilo32":
+        w = raw.reshape(-1, 4)
+        return [np.ascontiguousarray(w[:, 3]), np.ascontiguousarray(w[:, :3]).reshape(-1)]
+    if layout == "bf16-max":
+        return _split_bf16_max(raw.view(np.uint16))
+    if layout == "fp32-max":
+        w = raw.view(np.uint32)
+        low = (w & 0xFFFF).astype(np.uint16).view(np.uint8)
+        return [*_split_bf16_max((w >> 16).astype(np.uint16)), low]
     return [raw]
 
 
 def join(layout: str, streams: list[np.ndarray], out: np.ndarray) -> None:
     """streams → raw bytes of one frame, written into out: (n·itemsize,) uint8."""
-    if layout.startswith("bf16"):
-        _join_bf16(streams, out.size // 2, layout[5:], out)
-    elif layout.startswith("fp32"):
+    if layout == "hilo16":
+        u = out.view(np.uint16)
+        np.copyto(u, streams[0], casting="unsafe")
+        np.left_shift(u, 8, out=u)
+        np.bitwise_or(u, streams[1], out=u, casting="unsafe")
+    elif layout == "hilo32":
         w = out.reshape(-1, 4)
-        top = np.empty(2 * w.shape[0], dtype=np.uint8)
-        _join_bf16(streams[:-1], w.shape[0], layout[5:], top)
-        w[:, 2:] = top.reshape(-1, 2)
-        w[:, :2] = streams[-1].reshape(-1, 2)
-    elif layout == "fp16":
-        out[1::2] = streams[0]
-        out[0::2] = streams[1]
+        w[:, 3] = streams[0]
+        w[:, :3] = streams[1].reshape(-1, 3)
+    elif layout == "bf16-max":
+        _join_bf16_max(streams, out.view(np.uint16))
+    elif layout == "fp32-max":
+        hi = np.empty(out.size // 4, dtype=np.uint16)
+        _join_bf16_max(streams[:-1], hi)
+        w = out.view(np.uint32)
+        np.copyto(w, hi, casting="unsafe")
+        np.left_shift(w, 16, out=w)
+        np.bitwise_or(w, streams[-1].view(np.uint16), out=w, casting="unsafe")
     else:
         out[:] = streams[0]
-
-
-def layout_for(dtype: torch.dtype, level: str) -> str:
-    if dtype == torch.bfloat16:
-        return f"bf16-{level}"
-    if dtype == torch.float32:
-        return f"fp32-{level}"
-    if dtype == torch.float16:
-        return "fp16"
-    return "bytes"
 
 
 # ---- integer codes of packed quantized weights -------------------------------------------------------
@@ -243,7 +232,7 @@ def _encode_frame(layout: str, raw: np.ndarray) -> tuple[int, list[bytes]]:
     for kind, s in zip(lay.kinds, split(layout, raw), strict=True):
         b = np.ascontiguousarray(s).tobytes()
         out.append(_cctx().compress(b) if kind != "r" else b)
-    return zlib.crc32(raw), out
+    return xxhash.xxh3_64_intdigest(raw), out
 
 
 def encode_tensor(
@@ -270,7 +259,8 @@ def encode_tensor(
     coded = _map(lambda p: _encode_frame(layout, p), pieces, threads)
     entry["layout"] = layout
     entry["frames"] = [
-        [p.size // itemsize, crc, *(len(s) for s in streams)] for p, (crc, streams) in zip(pieces, coded, strict=True)
+        [p.size // itemsize, digest, *(len(s) for s in streams)]
+        for p, (digest, streams) in zip(pieces, coded, strict=True)
     ]
     entry["raw_bytes"] = t.numel() * t.element_size()
     return b"".join(s for _, streams in coded for s in streams), entry
@@ -286,7 +276,7 @@ def _numel(shape: list[int]) -> int:
 def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tuple[int, int, int, list[int]]]]:
     """Validate a frame-table entry against the coded bytes before any allocation.
 
-    Returns (layout, decoded byte size, [(values, crc, offset, stream lengths)]). Every bound a crafted
+    Returns (layout, decoded byte size, [(values, digest, offset, stream lengths)]). Every bound a crafted
     header could abuse is checked: dtype/shape/layout known, frame value counts within bounds and adding
     up to the shape, stream lengths adding up to the coded bytes, and no stream claiming to expand more
     than zstd can (so the decoded size is bounded by the bytes really present in the file).
@@ -319,13 +309,13 @@ def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tu
     for f in frames:
         if not isinstance(f, list) or len(f) != 2 + len(layout.kinds) or not all(isinstance(v, int) for v in f):
             raise bad("malformed frame")
-        n, crc, lens = f[0], f[1], f[2:]
+        n, digest, lens = f[0], f[1], f[2:]
         if not 0 < n <= MAX_FRAME_ELEMS or any(v < 0 for v in lens):
             raise bad(f"frame of {n} values")
         for kind, size, ln in zip(layout.kinds, layout.stream_sizes(n), lens, strict=True):
             if (kind == "r" and ln != size) or (kind != "r" and ln * ZSTD_MAX_RATIO < size):
                 raise bad(f"a stream of {ln} bytes cannot hold {size}")
-        out.append((n, crc, offset, lens))
+        out.append((n, digest, offset, lens))
         offset += sum(lens)
         total += n
     if total != values:
@@ -345,7 +335,7 @@ def decode_tensor(name: str, coded: np.ndarray, entry: dict, threads: int | None
         pos += n * layout.itemsize
 
     def run(i: int) -> None:
-        n, crc, offset, lens = frames[i]
+        n, digest, offset, lens = frames[i]
         dest = raw[starts[i] : starts[i] + n * layout.itemsize]
         streams = []
         for kind, size, ln in zip(layout.kinds, layout.stream_sizes(n), lens, strict=True):
@@ -364,7 +354,7 @@ def decode_tensor(name: str, coded: np.ndarray, entry: dict, threads: int | None
                 raise TensorpressError(f"tensor {name}: corrupt entropy-coded frame {i} (wrong size)")
             streams.append(np.frombuffer(data, dtype=np.uint8))
         join(layout.name, streams, dest)
-        if zlib.crc32(dest) != crc:
+        if xxhash.xxh3_64_intdigest(dest) != digest:
             raise TensorpressError(f"tensor {name}: checksum mismatch in frame {i}: the file is corrupt")
 
     _map(run, list(range(len(frames))), threads)
