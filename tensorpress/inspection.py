@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
+from tensorpress.lossless import TABLE_KEY, coded_info, coded_table
 from tensorpress.sizes import COUNTED_PARTS, size_stats
 
 
@@ -22,10 +23,13 @@ def inspect_path(path: str | Path) -> dict:
         raise TensorpressError(f"{path}: no such folder or .safetensors file")
     infos: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
+    coded: dict[str, dict] = {}
     for f in files:
         i, m = read_header(f)
         infos.update(i)
+        coded.update(coded_table(m, str(f)))
         metadata.update(m)
+    metadata.pop(TABLE_KEY, None)
     config = {}
     if folder is not None and (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
@@ -33,7 +37,8 @@ def inspect_path(path: str | Path) -> dict:
     if recipe is None and "tensorpress" in metadata:
         recipe = json.loads(metadata["tensorpress"]).get("recipe")
     tensors = [
-        {"name": n, "dtype": i.dtype, "shape": list(i.shape), "bytes": i.nbytes} for n, i in sorted(infos.items())
+        {"name": n, "dtype": i.dtype, "shape": list(i.shape), "bytes": i.nbytes} | coded_info(coded.get(n), i.nbytes)
+        for n, i in sorted(infos.items())
     ]
     quantized = []
     schemes = _schemes(config)
@@ -59,6 +64,10 @@ def inspect_path(path: str | Path) -> dict:
         "quantized_modules": len(quantized),
         "bits_per_weight": 8 * qbytes / qweights if qweights else None,
     }
+    if coded:
+        raw = sum(t["raw_bytes"] for t in tensors if "raw_bytes" in t)
+        done = sum(t["bytes"] for t in tensors if "raw_bytes" in t)
+        summary["entropy"] = {"coded_tensors": len(coded), "raw_bytes": raw, "coded_bytes": done, "ratio": done / raw}
     return {
         "path": str(p),
         "summary": summary,

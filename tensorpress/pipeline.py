@@ -61,6 +61,9 @@ def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
     plan: dict[int, list[str]] = {}
     quantized_by: dict[str, int] = {}
     for step in recipe.steps:
+        if step.cls.lossless:
+            plan[step.index] = []
+            continue
         names = [n for n in candidates if step.selects(n)]
         where = f"recipe '{recipe.source}': steps[{step.index}].{step.name}"
         if not names:
@@ -177,6 +180,11 @@ def compress(
                 inputs, kwargs_list = capture_inputs(skel, ckpt, calib, c.batch_size, device)
         with meter.stage("compress"):
             layer_stats = _compress_layers(skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes)
+        if rec.steps[-1].cls.lossless:
+            from tensorpress.lossless import code_folder, packed_bits
+
+            with meter.stage("entropy"):
+                code_folder(tmp, rec.steps[-1].config.level, packed_bits(layer_stats["schemes"]))
         meta_notes = sorted(set(notes))
         _write_config(tmp, ckpt, rec, layer_stats, meta_notes)
         copy_side_files(ckpt.folder, tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
+from tensorpress.lossless import coded_table
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 COUNTED_PARTS = PACKED_PARTS[:3]  # what bits/weight counts: codes, scales, zero points (not the shape)
@@ -14,8 +15,11 @@ def size_stats(folder: Path) -> dict:
     """Sizes of a checkpoint; bits_per_weight counts codes, scales and zero points of quantized Linears."""
     files = weight_files(Path(folder))
     infos: dict[str, TensorInfo] = {}
+    coded: dict[str, dict] = {}  # entropy-coded tensors: their bytes are the coded bytes, their shape is here
     for f in files:
-        infos.update(read_header(f)[0])
+        header, meta = read_header(f)
+        infos.update(header)
+        coded.update(coded_table(meta, str(f)))
     modules = sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed"))
     quant_bytes = sum(infos[f"{m}.{p}"].nbytes for m in modules for p in COUNTED_PARTS if f"{m}.{p}" in infos)
     quant_weights = 0
@@ -23,7 +27,7 @@ def size_stats(folder: Path) -> dict:
         for m in modules:
             out_f, in_f = r.get(f"{m}.weight_shape").tolist()
             quant_weights += int(out_f) * int(in_f)
-    other_params = sum(_numel(i) for n, i in infos.items() if not n.endswith(PACKED_PARTS))
+    other_params = sum(_numel(coded.get(n, i)) for n, i in infos.items() if not n.endswith(PACKED_PARTS))
     total_bytes = sum(f.stat().st_size for f in files)
     params = quant_weights + other_params
     return {
@@ -37,8 +41,8 @@ def size_stats(folder: Path) -> dict:
     }
 
 
-def _numel(info: TensorInfo) -> int:
+def _numel(info: TensorInfo | dict) -> int:
     n = 1
-    for d in info.shape:
+    for d in info["shape"] if isinstance(info, dict) else info.shape:
         n *= d
     return n

@@ -33,9 +33,13 @@ def inspect_cmd(
     from rich.table import Table
 
     console = Console()
-    table = Table("tensor", "dtype", "shape", "bytes")
+    coded = "entropy" in info["summary"]
+    table = Table("tensor", "dtype", "shape", "bytes", *(["raw bytes", "ratio"] if coded else []))
     for t in info["tensors"]:
-        table.add_row(t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", f"{t['bytes']:,}")
+        row = [t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", f"{t['bytes']:,}"]
+        if coded:
+            row += [f"{t['raw_bytes']:,}", f"{t['ratio']:.4f}" if t.get("ratio") is not None else "-"]
+        table.add_row(*row)
     console.print(table)
     mods = Table("module", "scheme", "bits/weight")
     for m in info["quantized"]:
@@ -51,5 +55,11 @@ def inspect_cmd(
             else "no quantized modules"
         )
     )
+    if coded:
+        e = s["entropy"]
+        console.print(
+            f"entropy-coded: {e['coded_tensors']} tensors, {e['raw_bytes']:,} → {e['coded_bytes']:,} bytes "
+            f"(ratio {e['ratio']:.4f})"
+        )
     if info.get("recipe"):
         console.print("recipe:", json.dumps(info["recipe"]), highlight=False)

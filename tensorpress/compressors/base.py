@@ -133,6 +133,7 @@ class Compressor:
     Config: ClassVar[type]
     needs_calibration: ClassVar[bool] = False
     quantizes: ClassVar[bool] = False  # produces integer codes for its targets
+    lossless: ClassVar[bool] = False  # a whole-output stage on the written shards (selects no modules)
     summary: ClassVar[str] = ""
 
     def __init__(self, config: Any):

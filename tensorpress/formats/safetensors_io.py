@@ -104,9 +104,15 @@ class SafetensorsReader:
         self.metadata: dict[str, str] = {}
         self._data_start: dict[Path, int] = {}
         self._handles: dict[Path, object] = {}
+        self.coded: dict[str, dict] = {}  # entropy-coded tensors: name → frame-table entry
         for path in files:
             infos, meta = read_header(path)
             self.metadata.update(meta)
+            if "tensorpress.entropy" in meta:
+                from tensorpress.lossless import TABLE_KEY, coded_table
+
+                self.coded.update(coded_table(meta, str(path)))
+                self.metadata.pop(TABLE_KEY)
             with open(path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
             self._data_start[path] = 8 + n
@@ -134,6 +140,11 @@ class SafetensorsReader:
             if k <= 0:
                 raise TensorpressError(f"{path}: truncated while reading tensor {name}")
             got += k
+        entry = self.coded.get(name)
+        if entry is not None:  # entropy-coded: decode (and verify) transparently
+            from tensorpress.formats.entropy import decode_tensor
+
+            return decode_tensor(name, buf.numpy(), entry)
         return buf.view(DTYPES[info.dtype]).reshape(info.shape)
 
     def _fd(self, path: Path) -> int:
