@@ -88,7 +88,9 @@ def component_chart(components: dict[str, int], base_bytes: int | None = None) -
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.2f} MiB", va="center", fontsize=8)
     if base_bytes:
-        ax.axvline(base_bytes / mib, color="#a84848", linestyle="--", label=f"base checkpoint {base_bytes / mib:.1f} MiB")
+        ax.axvline(
+            base_bytes / mib, color="#a84848", linestyle="--", label=f"base checkpoint {base_bytes / mib:.1f} MiB"
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("MiB")
     ax.set_title("bytes by component")

@@ -1,6 +1,7 @@
 """Greedy continuations of three fixed prompts, so a person sees at a glance whether the model still speaks.
 
-Greedy decoding with the model's own KV cache: deterministic and cheap for ~32 tokens. Base and compressed run the same prompts with the same tokenizer.
+Greedy decoding with the model's own KV cache: deterministic and cheap for ~32 tokens. Base and
+compressed run the same prompts with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ NEW_TOKENS = 32
 
 
 def greedy_continuations(
-    model, tokenizer, prompts: tuple[str, ...] = PROMPTS, new_tokens: int = NEW_TOKENS, device: str = "cpu"
+    model, tokenizer, prompts: tuple[str, ...] = PROMPTS, new_tokens: int | None = None, device: str = "cpu"
 ) -> list[str]:
     """The greedy continuation (new text only) of each prompt; stops early at the end-of-sequence token."""
+    new_tokens = NEW_TOKENS if new_tokens is None else new_tokens
     vocab = model.config.vocab_size
     eos = tokenizer.eos_token_id
     out = []

@@ -82,6 +82,11 @@ def render_markdown(r: dict) -> str:
         *[f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()],
         "",
     ]
+    if r.get("continuations"):
+        lines += ["## Greedy continuations (base → compressed)", ""]
+        for c in r["continuations"]:
+            lines += [f"- **{c['prompt']}**", f"  - base: {c['base']!r}", f"  - compressed: {c['compressed']!r}"]
+        lines.append("")
     if r.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]
     lines += ["## Recipe", "", "```json", json.dumps(r["recipe"], indent=2), "```", ""]

@@ -32,7 +32,9 @@ def merge_batches(dirs: list[str | Path], out: str | Path) -> dict:
     matrix = loaded[0][1]["matrix"]
     for d, s in loaded[1:]:
         if s.get("matrix") != matrix:
-            raise TensorpressError(f"{d}: ran another matrix than {loaded[0][0]} (models, recipes, eval or gates differ)")
+            raise TensorpressError(
+                f"{d}: ran another matrix than {loaded[0][0]} (models, recipes, eval or gates differ)"
+            )
     records: dict[int, tuple[Path, dict]] = {}
     shards: set[str] = set()
     for d, s in loaded:
