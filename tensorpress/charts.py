@@ -105,7 +105,7 @@ def quality_size_chart(rows: list[dict]) -> str | None:
     if not rows:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     models = list(dict.fromkeys(r["model"] for r in rows))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric, label in ((axes[0], "ppl", "perplexity"), (axes[1], "kl", "KL(base ‖ compressed)")):
@@ -114,6 +114,9 @@ def quality_size_chart(rows: list[dict]) -> str | None:
             if not pts:
                 continue
             color = colors[m_i % len(colors)]
+            base = pts[0].get("ppl_base") if metric == "ppl" else None
+            if base is not None:
+                ax.axhline(base, color=color, linestyle=":", alpha=0.8, label=f"base ({model})")
             xy = [(r["bits_per_weight"], r[metric]) for r in pts]
             ax.scatter([x for x, _ in xy], [y for _, y in xy], color=color, label=model, zorder=3)
             for r, (x, y) in zip(pts, xy, strict=True):
