@@ -167,8 +167,7 @@ def test_failing_run_and_gate_give_exit_1_and_junit(batch):
     assert "| llama | w8 |" in md and "bits_per_weight = 8.5 > max 6" in md and "Verdict: FAIL" in md
 
 
-def test_base_evaluated_once_and_metrics_equal_a_side_by_side_run(batch, tiny_models, text_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("tensorpress.continuations.NEW_TOKENS", 4)
+def test_base_evaluated_once_and_metrics_equal_a_side_by_side_run(batch, tiny_models, text_file, tmp_path):
     assert batch["counter"].base == 1 and batch["counter"].compress == 3
     assert not (batch["out"] / ".base").exists()  # the temporary base log-probs are gone
     ours = json.loads((batch["out"] / "runs" / "llama__w4" / "report.json").read_text())
@@ -213,8 +212,7 @@ def test_changed_recipe_content_is_rerun(batch, tmp_path):
     assert finished(batch["out"], changed[1]) is not None
 
 
-def test_shards_merged_equal_unsharded(batch, tmp_path, monkeypatch):
-    monkeypatch.setattr("tensorpress.continuations.NEW_TOKENS", 4)
+def test_shards_merged_equal_unsharded(batch, tmp_path):
     for k in (1, 2):
         main(["batch", str(batch["matrix"]), "--out", str(tmp_path / f"s{k}"), "--shard", f"{k}/2", "--quiet"])
     assert [r["index"] for r in summary(tmp_path / "s1")["runs"]] == [0, 2]
@@ -352,3 +350,22 @@ def test_plain_progress_is_a_line_per_event(capsys):
         lines[0] == "layers: start (0/20)" and lines[1] == "layers: 2/20" and lines[-1].startswith("layers: done 20/20")
     )
     assert len(lines) == 11
+
+
+@pytest.mark.e2e
+def test_batch_on_the_sample_model(sample, tmp_path):
+    """Real weights: the base model knows the capital of France, RTN w4 keeps speaking, the pages render."""
+    m = tmp_path / "matrix.yaml"
+    m.write_text(
+        f"models: [{sample.model}]\nrecipes: [rtn-w4g64]\neval: {{text: kjv:eval, windows: 2, seqlen: 128}}\n"
+        "gates: [{metric: ppl_increase_pct, max: 100}, {metric: bits_per_weight, max: 4.25}]\n"
+    )
+    assert main(["batch", str(m), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    rep = json.loads((tmp_path / "out" / "runs" / f"{sample.model.name}__rtn-w4g64" / "report.json").read_text())
+    assert rep["bits_per_weight"] == pytest.approx(4.25) and rep["ppl_base"] < rep["ppl"] < 2 * rep["ppl_base"]
+    france = rep["continuations"][0]
+    assert "Paris" in france["base"] and len(france["compressed"].split()) >= 3
+    comps = rep["bytes_by_component"]
+    assert comps["scales"] * 16 == pytest.approx(comps["codes"], rel=0.01)  # one bf16 scale per 64 4-bit codes
+    page = Page((tmp_path / "out" / "summary.html").read_text())
+    assert page.tables["summary"] == 1 and len(page.imgs) == 1
