@@ -357,12 +357,12 @@ def test_batch_on_the_sample_model(sample, tmp_path):
     """Real weights: the base model knows the capital of France, RTN w4 keeps speaking, the pages render."""
     m = tmp_path / "matrix.yaml"
     m.write_text(
-        f"models: [{sample.model}]\nrecipes: [rtn-w4g64]\neval: {{text: kjv:eval, windows: 2, seqlen: 128}}\n"
-        "gates: [{metric: ppl_increase_pct, max: 100}, {metric: bits_per_weight, max: 4.25}]\n"
+        f"models: [{sample.model}]\nrecipes: [rtn-w4g64]\neval: {{text: kjv:eval, windows: 4, seqlen: 256}}\n"
+        "gates: [{metric: ppl_increase_pct, max: 200}, {metric: bits_per_weight, max: 4.3}]\n"
     )
     assert main(["batch", str(m), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     rep = json.loads((tmp_path / "out" / "runs" / f"{sample.model.name}__rtn-w4g64" / "report.json").read_text())
-    assert rep["bits_per_weight"] == pytest.approx(4.25) and rep["ppl_base"] < rep["ppl"] < 2 * rep["ppl_base"]
+    assert rep["bits_per_weight"] == pytest.approx(4.25) and rep["ppl_base"] < rep["ppl"] < 3 * rep["ppl_base"]
     france = rep["continuations"][0]
     assert "Paris" in france["base"] and len(france["compressed"].split()) >= 3
     comps = rep["bytes_by_component"]
