@@ -33,38 +33,144 @@ def window_stats(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
 
 def evaluate_tokens(
     model: str | Path,
-    base: str | Path | None,
+    base: str | Path | BaseReference | None,
     tokens: torch.Tensor,
     device: str = "cpu",
     progress: Progress | None = None,
     batch: int = 1,
+    tokenizer=None,
 ) -> dict:
-    """Evaluate `model` (and `base`, when given) on token windows (W, L)."""
+    """Evaluate `model` (and `base`, when given) on token windows (W, L).
+
+    `base` is a checkpoint (run alongside, window by window) or a `BaseReference` computed once
+    earlier on the same windows (a batch evaluates many compressed models against one base).
+    With `tokenizer`, greedy continuations of the fixed prompts are added (`continuations`).
+    """
     progress = progress or Progress()
     comp = load(model, device=device)
-    ref = load(base, device=device) if base is not None else None
     vocab = comp.config.vocab_size
     if int(tokens.max()) >= vocab:
         raise TensorpressError(f"evaluation text has token ids ≥ the model's vocab size {vocab}")
+    if isinstance(base, BaseReference):
+        base.check_tokens(tokens)
+        ref = None
+    else:
+        ref = load(base, device=device) if base is not None else None
+    has_base = base is not None
     nll_c = nll_b = kl_sum = 0.0
     agree = n = 0
-    for ids in progress.track(tokens.split(batch), "eval windows", total=math.ceil(len(tokens) / batch)):
-        ids = ids.to(device)
+    starts = range(0, len(tokens), batch)
+    for start in progress.track(starts, "eval windows", total=len(starts)):
+        ids = tokens[start : start + batch].to(device)
         lc = _logits(comp, ids)
         s, k = window_stats(lc, ids)
         nll_c += s
         n += k
-        if ref is not None:
-            lb = _logits(ref, ids)
-            nll_b += window_stats(lb, ids)[0]
-            logp_c = F.log_softmax(lc[:, :-1], dim=-1)
-            logp_b = F.log_softmax(lb[:, :-1], dim=-1)
-            kl_sum += float((logp_b.exp() * (logp_b - logp_c)).sum(-1).double().sum())
-            agree += int((lb[:, :-1].argmax(-1) == lc[:, :-1].argmax(-1)).sum())
+        if has_base:
+            if ref is not None:
+                logp_b = F.log_softmax(_logits(ref, ids)[:, :-1], dim=-1)
+            else:
+                logp_b = base.logp(start, start + len(ids)).to(device)
+            nll_b += token_nll(logp_b, ids)
+            kl, top1 = compare_window(logp_b, lc)
+            kl_sum += kl
+            agree += top1
     out = {"ppl": math.exp(nll_c / n), "tokens": n, "windows": len(tokens), "seqlen": tokens.shape[1]}
-    if ref is not None:
+    if has_base:
         out.update(ppl_base=math.exp(nll_b / n), kl=kl_sum / n, top1_agreement=agree / n)
+    if tokenizer is not None:
+        from tensorpress.continuations import continuation_table, greedy_continuations
+
+        ours = greedy_continuations(comp, tokenizer, device=device)
+        if isinstance(base, BaseReference):
+            theirs = base.continuations
+        elif ref is not None:
+            theirs = greedy_continuations(ref, tokenizer, device=device)
+        else:
+            theirs = None
+        out["continuations"] = continuation_table(ours, theirs)
     return out
+
+
+def token_nll(logp: torch.Tensor, ids: torch.Tensor) -> float:
+    """Sum of NLL of the scored tokens given next-token log-probs (B, L-1, V) and ids (B, L)."""
+    return float(-logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().sum())
+
+
+def compare_window(logp_b: torch.Tensor, logits_c: torch.Tensor) -> tuple[float, int]:
+    """Σ KL(P_base ‖ P_comp) over scored tokens and the count of equal argmaxes.
+
+    logp_b: base log-probs (B, L-1, V); logits_c: compressed logits (B, L, V)."""
+    logp_c = F.log_softmax(logits_c[:, :-1], dim=-1)
+    kl = float((logp_b.exp() * (logp_b - logp_c)).sum(-1).double().sum())
+    agree = int((logp_b.argmax(-1) == logp_c.argmax(-1)).sum())
+    return kl, agree
+
+
+class BaseReference:
+    """The base model's next-token log-probs on the eval windows, computed once and read back per window.
+
+    A batch compares many compressed models with one base: instead of re-running the base for every
+    recipe, its log-softmax (W, L-1, V) float32 is written once to `path` (a raw file, memory-mapped
+    back), so every comparison is exactly what a side-by-side run would compute.
+    """
+
+    def __init__(self, path: Path, tokens: torch.Tensor, vocab: int, continuations: list[str] | None = None):
+        self.path = Path(path)
+        self.tokens = tokens
+        self.vocab = vocab
+        self.continuations = continuations
+        self._map = None
+
+    @classmethod
+    def compute(
+        cls,
+        base: str | Path,
+        tokens: torch.Tensor,
+        path: Path,
+        device: str = "cpu",
+        progress: Progress | None = None,
+        tokenizer=None,
+    ) -> BaseReference:
+        import numpy as np
+
+        progress = progress or Progress()
+        ref = load(base, device=device)
+        vocab = ref.config.vocab_size
+        if int(tokens.max()) >= vocab:
+            raise TensorpressError(f"evaluation text has token ids ≥ the base model's vocab size {vocab}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w, seqlen = tokens.shape
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(w, seqlen - 1, vocab))
+        for i in progress.track(range(w), "base eval windows", total=w):
+            ids = tokens[i : i + 1].to(device)
+            out[i] = F.log_softmax(_logits(ref, ids)[:, :-1], dim=-1)[0].cpu().numpy()
+        out.flush()
+        del out
+        conts = None
+        if tokenizer is not None:
+            from tensorpress.continuations import greedy_continuations
+
+            conts = greedy_continuations(ref, tokenizer, device=device)
+        return cls(path, tokens.clone(), vocab, conts)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.shape != self.tokens.shape or not torch.equal(tokens, self.tokens):
+            raise TensorpressError("base reference was computed on other evaluation windows")
+
+    def logp(self, start: int, stop: int) -> torch.Tensor:
+        """Base log-probs of windows [start, stop): (stop-start, L-1, V) float32."""
+        import numpy as np
+
+        if self._map is None:
+            self._map = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.array(self._map[start:stop]))
+
+    def close(self) -> None:
+        """Drop the memory map and delete the file."""
+        self._map = None
+        self.path.unlink(missing_ok=True)
 
 
 def evaluate(

@@ -147,8 +147,12 @@ def compress(
     seed: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    eval_base=None,
 ) -> CompressResult:
-    """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked."""
+    """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
+
+    `eval_base`: a precomputed `evaluation.BaseReference` on the same eval windows (a batch computes the
+    base once per model); by default the base model runs alongside the compressed one."""
     progress = progress or Progress()
     meter = StageMeter()
     out = Path(out)
@@ -194,7 +198,9 @@ def compress(
             from tensorpress.report import build_report, write_report
 
             with meter.stage("evaluate"):
-                metrics = evaluate_tokens(tmp, ckpt.folder, eval_tokens, device=device, progress=progress)
+                metrics = evaluate_tokens(
+                    tmp, eval_base or ckpt.folder, eval_tokens, device=device, progress=progress, tokenizer=tokenizer
+                )
             metrics["text"] = eval_text
             result.report = build_report(tmp, ckpt, rec.to_dict(), metrics, meter, meta_notes, layer_stats)
             write_report(tmp, result.report)

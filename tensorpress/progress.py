@@ -1,7 +1,9 @@
-"""Progress reporting that the API accepts and the CLI renders (rich bars, or nothing)."""
+"""Progress reporting that the API accepts and the CLI renders (rich bars, a plain log, or nothing)."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -19,23 +21,70 @@ class Progress:
 
 
 class RichProgress(Progress):
+    """One live display; nested `track` calls (runs → layers → windows) add bars to it."""
+
     def __init__(self, console=None):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
+        self._bar = None
+        self._depth = 0
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bars
 
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        ) as bar:
-            yield from bar.track(items, total=total, description=description)
+        if self._bar is None:
+            self._bar = Bars(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.start()
+        self._depth += 1
+        task = self._bar.add_task(("  " * (self._depth - 1)) + description, total=total)
+        try:
+            for item in items:
+                yield item
+                self._bar.advance(task)
+        finally:
+            self._bar.remove_task(task)
+            self._depth -= 1
+            if self._depth == 0:
+                self._bar.stop()
+                self._bar = None
 
     def log(self, message: str) -> None:
         self.console.print(message, highlight=False)
+
+
+class PlainProgress(Progress):
+    """A line per event for logs that are not terminals (CI): start, every ~10 %, and the end of each loop."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        t0 = time.perf_counter()
+        self.log(f"{description}: start" + (f" (0/{total})" if total else ""))
+        shown, done = 0, 0
+        for item in items:
+            yield item
+            done += 1
+            if total and done < total and 10 * done // total > shown:
+                shown = 10 * done // total
+                self.log(f"{description}: {done}/{total}")
+        self.log(f"{description}: done {done}{f'/{total}' if total else ''} in {time.perf_counter() - t0:.1f}s")
+
+    def log(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self.stream, flush=True)
+
+
+def auto_progress(quiet: bool = False) -> Progress:
+    """Rich bars on a terminal, a plain line-per-event log otherwise, nothing when quiet."""
+    if quiet:
+        return Progress()
+    return RichProgress() if sys.stderr.isatty() else PlainProgress()

@@ -9,7 +9,7 @@ import tensorpress
 from tensorpress.atomic import write_text_atomic
 from tensorpress.checkpoint import Checkpoint
 from tensorpress.resources import StageMeter
-from tensorpress.sizes import size_stats
+from tensorpress.sizes import bytes_by_component, size_stats
 
 
 def build_report(
@@ -32,6 +32,7 @@ def build_report(
         "size_bytes": sizes["size_bytes"],
         "size_bytes_base": base_sizes["size_bytes"],
         "quantized_modules": sizes["quantized_modules"],
+        "bytes_by_component": bytes_by_component(out),
         "seconds": {k: round(v, 3) for k, v in meter.seconds.items()},
         "peak_rss_bytes": meter.overall_peak,
         "peak_rss_bytes_by_stage": dict(meter.peak_rss),
@@ -40,6 +41,7 @@ def build_report(
         "relative_weight_error": {k: round(v, 6) for k, v in layer_stats.get("relative_error", {}).items()},
         # Per decoder layer (calibrated recipes only): |f̂(x) - f(x)| / |f(x) - x| on calibration batch 0.
         "layer_output_error": {str(k): round(v, 6) for k, v in layer_stats.get("output_error", {}).items()},
+        "continuations": metrics.get("continuations"),
     }
     return report
 
@@ -47,6 +49,9 @@ def build_report(
 def write_report(folder: Path, report: dict) -> None:
     write_text_atomic(folder / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(folder / "report.md", render_markdown(report))
+    from tensorpress.html_report import render_report_html  # matplotlib: imported only when writing
+
+    write_text_atomic(folder / "report.html", render_report_html(report))
 
 
 def _fmt(v, spec: str = ".4g") -> str:
@@ -77,6 +82,11 @@ def render_markdown(r: dict) -> str:
         *[f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()],
         "",
     ]
+    if r.get("continuations"):
+        lines += ["## Greedy continuations (base → compressed)", ""]
+        for c in r["continuations"]:
+            lines += [f"- **{c['prompt']}**", f"  - base: {c['base']!r}", f"  - compressed: {c['compressed']!r}"]
+        lines.append("")
     if r.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in r["notes"]], ""]
     lines += ["## Recipe", "", "```json", json.dumps(r["recipe"], indent=2), "```", ""]

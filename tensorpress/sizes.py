@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
@@ -9,6 +10,39 @@ from tensorpress.lossless import coded_table
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 COUNTED_PARTS = PACKED_PARTS[:3]  # what bits/weight counts: codes, scales, zero points (not the shape)
+
+# Tensor name pattern → component, for "bytes by component"; the first matching row wins, anything
+# unmatched is "unquantized". New tensor kinds add a row here.
+COMPONENT_RULES: tuple[tuple[str, str], ...] = (
+    ("*.weight_packed", "codes"),
+    ("*.weight_shape", "codes"),  # a few bytes of packing bookkeeping per module
+    ("*.weight_scale", "scales"),
+    ("*.weight_zero_point", "scales"),
+    ("*mask*", "masks"),
+    ("*.svd_u", "factors"),
+    ("*.svd_v", "factors"),
+    ("*eora_a", "factors"),
+    ("*eora_b", "factors"),
+)
+COMPONENTS = ("codes", "scales", "masks", "factors", "unquantized")
+
+
+def tensor_component(name: str) -> str:
+    """Which part of the compressed representation a stored tensor is (see COMPONENT_RULES)."""
+    for pattern, component in COMPONENT_RULES:
+        if fnmatchcase(name, pattern):
+            return component
+    return "unquantized"
+
+
+def bytes_by_component(folder: Path) -> dict[str, int]:
+    """Tensor data bytes per component (headers excluded), every component listed, in COMPONENTS order."""
+    out = dict.fromkeys(COMPONENTS, 0)
+    for f in weight_files(Path(folder)):
+        for name, info in read_header(f)[0].items():
+            comp = tensor_component(name)
+            out[comp] = out.get(comp, 0) + info.nbytes
+    return out
 
 
 def size_stats(folder: Path) -> dict:

@@ -108,3 +108,10 @@ def sample():
     from tensorpress.sample import ensure_sample
 
     return ensure_sample()
+
+
+@pytest.fixture(autouse=True)
+def _short_continuations(request, monkeypatch):
+    """Every evaluation also decodes 3 prompts × 32 tokens with both models; tiny-model tests need only a few."""
+    if request.node.get_closest_marker("e2e") is None:
+        monkeypatch.setattr("tensorpress.continuations.NEW_TOKENS", 4)

@@ -12,7 +12,7 @@ import sys
 import click
 import typer
 
-from tensorpress.cli import compress, decompress, eval, inspect, list_cmd, sample
+from tensorpress.cli import batch, batch_merge, compress, decompress, eval, inspect, list_cmd, sample
 from tensorpress.errors import TensorpressError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-for module in (compress, eval, inspect, decompress, list_cmd, sample):
+for module in (compress, eval, inspect, decompress, list_cmd, sample, batch, batch_merge):
     module.register(app)
 
 

@@ -1,0 +1,187 @@
+"""The batch summary: summary.json (machines), summary.md and summary.html (people), junit.xml (CI reporters).
+
+A summary is built from run records alone (run.json of each run), so a merge of shard outputs
+builds exactly the summary an unsharded batch would have.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import tensorpress
+from tensorpress.atomic import write_text_atomic
+from tensorpress.batch.matrix import Gate
+
+TABLE_HEADER = ["model", "recipe", "ppl", "Δppl %", "KL", "top-1", "bits/weight", "bytes", "seconds", "gates"]
+SECONDS_COLUMN = TABLE_HEADER.index("seconds")
+METRIC_KEYS = (
+    "ppl_base",
+    "ppl",
+    "ppl_increase_pct",
+    "kl",
+    "top1_agreement",
+    "bits_per_weight",
+    "bits_per_param_overall",
+    "size_bytes",
+)
+
+
+def run_metrics(report: dict, seconds: float) -> dict:
+    """What a summary keeps of a run's report.json (and what gates test)."""
+    m = {k: report.get(k) for k in METRIC_KEYS}
+    m["seconds"] = round(seconds, 3)
+    return m
+
+
+def evaluate_gates(gates: list[dict], run: dict) -> list[dict]:
+    """[{name, metric, passed, value, message}] of every gate on one finished run."""
+    out = []
+    for raw in gates:
+        gate = Gate(raw["metric"], raw.get("max"), raw.get("min"))
+        value = (run.get("metrics") or {}).get(gate.metric)
+        passed, message = gate.check(value)
+        out.append({"name": gate.name, "metric": gate.metric, "value": value, "passed": passed, "message": message})
+    return out
+
+
+def build_summary(matrix: dict, records: list[dict], shards: list[str] | None = None, expect_all: bool = True) -> dict:
+    """The summary of run records (in matrix order); gates are (re)evaluated here from each run's metrics.
+
+    `expect_all`: every run of the matrix should be there (an unsharded batch, a merge); missing ones fail."""
+    runs = []
+    for rec in sorted(records, key=lambda r: r["index"]):
+        run = {k: v for k, v in rec.items() if k != "traceback"}
+        run["gates"] = evaluate_gates(matrix.get("gates", []), run) if run["status"] == "ok" else []
+        runs.append(run)
+    runs_failed = sum(r["status"] != "ok" for r in runs)
+    gates_failed = sum(not g["passed"] for r in runs for g in r["gates"])
+    total = len(matrix["models"]) * len(matrix["recipes"])
+    present = {r["index"] for r in runs}
+    missing = [i for i in range(total) if i not in present] if expect_all else []
+    return {
+        "tensorpress_version": tensorpress.__version__,
+        "matrix": matrix,
+        "shards": shards,
+        "runs_in_matrix": total,
+        "missing_runs": missing,
+        "runs_failed": runs_failed,
+        "gates_failed": gates_failed,
+        "ok": runs_failed == 0 and gates_failed == 0 and not missing,
+        "runs": runs,
+    }
+
+
+def run_status(run: dict) -> str:
+    if run["status"] != "ok":
+        return "error"
+    return "fail" if any(not g["passed"] for g in run["gates"]) else "pass"
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """The summary table (TABLE_HEADER columns), one row per run in matrix order."""
+    rows = []
+    for run in summary["runs"]:
+        m = run.get("metrics") or {}
+        pct = m.get("ppl_increase_pct")
+        top1 = m.get("top1_agreement")
+        rows.append(
+            [
+                run["model_label"],
+                run["recipe_label"],
+                _f(m.get("ppl"), ".4f"),
+                "—" if pct is None else f"{pct:+.2f}",
+                _f(m.get("kl"), ".4f"),
+                "—" if top1 is None else f"{top1:.2%}",
+                _f(m.get("bits_per_weight"), ".3f"),
+                "—" if m.get("size_bytes") is None else f"{m['size_bytes']:,}",
+                _f(m.get("seconds"), ".1f"),
+                run_status(run),
+            ]
+        )
+    return rows
+
+
+def render_markdown(summary: dict) -> str:
+    lines = ["# tensorpress batch summary", ""]
+    ev = summary["matrix"]["eval"]
+    lines.append(
+        f"{len(summary['runs'])} of {summary['runs_in_matrix']} run(s); eval {ev['windows']}×{ev['seqlen']} tokens"
+        f" of `{ev['text']}`" + (f"; shards {', '.join(summary['shards'])}" if summary.get("shards") else "")
+    )
+    lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(summary)]
+    failing = [(r, g) for r in summary["runs"] for g in r["gates"] if not g["passed"]]
+    errors = [r for r in summary["runs"] if r["status"] != "ok"]
+    if summary["matrix"].get("gates"):
+        lines += ["", "Gates: " + "; ".join(Gate(**g).name for g in summary["matrix"]["gates"])]
+    if failing:
+        lines += ["", "## Failing gates", ""]
+        lines += [f"- {r['model_label']} × {r['recipe_label']}: {g['message']}" for r, g in failing]
+    if errors:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {r['model_label']} × {r['recipe_label']}: {r['error']}" for r in errors]
+    if summary.get("missing_runs"):
+        lines += ["", f"Missing runs (matrix indices): {summary['missing_runs']}"]
+    lines += ["", f"Verdict: {'PASS' if summary['ok'] else 'FAIL'}", ""]
+    return "\n".join(lines)
+
+
+def render_junit(summary: dict) -> str:
+    """One <testsuite> per model; a test case per run (<error> when it failed) and per gate (<failure>)."""
+    root = ET.Element("testsuites", name="tensorpress batch")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    models = list(dict.fromkeys(r["model_label"] for r in summary["runs"]))
+    for model in models:
+        suite = ET.SubElement(root, "testsuite", name=model)
+        counts = dict.fromkeys(totals, 0)
+        for run in (r for r in summary["runs"] if r["model_label"] == model):
+            seconds = (run.get("metrics") or {}).get("seconds") or 0.0
+            case = ET.SubElement(
+                suite, "testcase", classname=f"batch.{model}", name=run["recipe_label"], time=f"{seconds:.3f}"
+            )
+            counts["tests"] += 1
+            if run["status"] != "ok":
+                counts["errors"] += 1
+                err = ET.SubElement(case, "error", message=run.get("error") or "failed", type="RunFailed")
+                err.text = run.get("error") or ""
+            for gate in run["gates"]:
+                gcase = ET.SubElement(
+                    suite, "testcase", classname=f"batch.{model}", name=f"{run['recipe_label']} gate: {gate['name']}"
+                )
+                counts["tests"] += 1
+                if not gate["passed"]:
+                    counts["failures"] += 1
+                    ET.SubElement(gcase, "failure", message=gate["message"], type="GateFailed").text = gate["message"]
+            if run["status"] != "ok":
+                for g in summary["matrix"].get("gates", []):
+                    gcase = ET.SubElement(
+                        suite,
+                        "testcase",
+                        classname=f"batch.{model}",
+                        name=f"{run['recipe_label']} gate: {Gate(**g).name}",
+                    )
+                    counts["tests"] += 1
+                    counts["skipped"] += 1
+                    ET.SubElement(gcase, "skipped", message="the run failed")
+        for k, v in counts.items():
+            suite.set(k, str(v))
+            totals[k] += v
+    for k, v in totals.items():
+        root.set(k, str(v))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    from tensorpress.html_report import render_summary_html
+
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", render_markdown(summary))
+    write_text_atomic(out / "junit.xml", render_junit(summary))
+    write_text_atomic(out / "summary.html", render_summary_html(summary))
+
+
+def _f(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
