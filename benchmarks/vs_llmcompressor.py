@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=48)
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of an earlier invocation (timings kept)")
     args = ap.parse_args()
 
     sample = ensure_sample()
@@ -81,19 +82,28 @@ def main() -> None:
     torch.save(calib, calib_path)
 
     runs: list[dict] = []
+    log = args.work / "runs.json"
+    done = {(r["tool"], r["recipe"]): r for r in json.loads(log.read_text())} if args.reuse and log.exists() else {}
+
+    def record(tool: str, recipe: str, out: Path, run) -> None:
+        if (tool, recipe) in done and (out / "config.json").exists():
+            t = done[(tool, recipe)]["seconds"]
+        else:
+            t = run()
+        runs.append({"tool": tool, "recipe": recipe, "out": str(out), "seconds": t})
+        log.write_text(
+            json.dumps(runs + [r for k, r in done.items() if k not in {(x["tool"], x["recipe"]) for x in runs}])
+        )
+        print(f"{tool} {recipe}: {t:.1f} s", flush=True)
 
     def peer(method: str, bits: int) -> None:
         name = f"{method}-w{bits}g64"
         out = args.work / f"peer-{name}"
-        t = run_peer(py, model, calib_path, out, method, bits, 64)
-        runs.append({"tool": "llm-compressor", "recipe": name, "out": out, "seconds": t})
-        print(f"llm-compressor {name}: {t:.1f} s", flush=True)
+        record("llm-compressor", name, out, lambda: run_peer(py, model, calib_path, out, method, bits, 64))
 
     def ours(recipe: str) -> None:
         out = args.work / f"ours-{recipe}"
-        t = run_ours(model, recipe, out)
-        runs.append({"tool": "tensorpress", "recipe": recipe, "out": out, "seconds": t})
-        print(f"tensorpress {recipe}: {t:.1f} s", flush=True)
+        record("tensorpress", recipe, out, lambda: run_ours(model, recipe, out))
 
     if 4 in args.bits:
         peer("rtn", 4)
