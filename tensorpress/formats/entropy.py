@@ -300,7 +300,7 @@ def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tu
         if len(shape) != 2 or dtype != torch.int32 or bits not in range(2, 9):
             raise bad("codes on a tensor that is not a 2-D int32 packed weight")
         rows, words = shape
-        values = rows * math.ceil(words * 32 // bits / (8 // bits))
+        values = rows * -(-(words * 32 // bits) // (8 // bits))  # rows · ⌈codes per row / codes per byte⌉
     else:
         values = _numel(shape) * itemsize // layout.itemsize
         if layout.name != "bytes" and layout.itemsize != itemsize:
