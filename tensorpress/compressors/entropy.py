@@ -15,8 +15,8 @@ from tensorpress.compressors.base import Compressor, LayerWork
 
 @dataclass
 class EntropyConfig:
-    # fast: exponent byte Huffman-coded, sign+mantissa stored raw (≈66.7% of BF16, quicker decode);
-    # max: also codes the mantissa's 7 live bits and joins sign with exponent (≈66.4% of BF16)
+    # fast: high byte (sign + 7 exponent bits) Huffman-coded, low byte raw (≈67.2% of BF16, quickest decode);
+    # max: exponent + top mantissa bit jointly, then sign + 6 mantissa bits (≈66.2% of BF16)
     level: Literal["fast", "max"] = "max"
 
 

@@ -6,8 +6,8 @@ split into byte streams by field; the skewed streams go through zstd's Huffman l
 tuned so it finds next to no matches: min_match 7, a 64-entry hash table, target_length 0 so literal
 compression stays on), the near-uniform ones are stored raw. Layouts (bits of one value, MSB first):
 
-    bf16 max  (s e7..e0 m6..m0)  byte s|e6..e0 ─zstd, byte m6..m0 ─zstd (7 live bits: ≈6.98),
-                                 bit e7 (0 unless |w| ≥ 2), 8 a byte ─zstd       ≈ 3.65 + 6.98 + 0
+    bf16 max  (s e7..e0 m6..m0)  byte e6..e0 m6 ─zstd, byte m5..m0 s ─zstd (7 live bits: ≈7.0),
+                                 bit e7 (0 unless |w| ≥ 2), 8 a byte ─zstd      ≈ 3.6 + 7.0 + 0
     bf16 fast, fp16              high byte (sign + 7 exponent bits, resp. s e4..e0 m9 m8) ─zstd,
                                  low byte raw: decodes with one Huffman stream and three numpy passes
     fp32 max / fast              top 16 bits as bf16 max / the high byte coded; the rest raw
@@ -121,23 +121,28 @@ def layout_for(dtype: torch.dtype, level: str) -> str:
 
 
 def _split_bf16_max(u: np.ndarray) -> list[np.ndarray]:
-    """u: (n,) uint16 bf16 patterns (s e7..e0 m6..m0) → [s|e6..e0, m6..m0, packed e7 bits]."""
-    x = ((u >> 8) & 0x80).astype(np.uint8) | ((u >> 7) & 0x7F).astype(np.uint8)
+    """u: (n,) uint16 bf16 patterns (s e7..e0 m6..m0) → [e6..e0 m6, m5..m0 s, packed e7 bits].
+
+    The top mantissa bit rides with the exponent (they are correlated: coding them jointly beats the
+    sign there by ≈0.04 bits/weight); sign and the 6 low mantissa bits fill 7 bits of the other byte."""
+    x = (u >> 6).astype(np.uint8)  # bits 13..6
+    y = ((u & 0x3F) << 1).astype(np.uint8) | (u >> 15).astype(np.uint8)
     e7 = np.packbits((u >> 14).astype(np.uint8) & 1, bitorder="little")
-    return [x, (u & 0x7F).astype(np.uint8), e7]
+    return [x, y, e7]
 
 
 def _join_bf16_max(streams: list[np.ndarray], u: np.ndarray) -> None:
     """Inverse of _split_bf16_max into u: (n,) uint16. In-place 16-bit passes (numpy's fastest way)."""
-    x, m, e7 = streams
+    x, y, e7 = streams
     t = np.empty_like(u)
     np.copyto(u, x, casting="unsafe")
-    np.left_shift(u, 7, out=u)  # exponent bits 6..0 in place, the sign one bit too low
-    np.bitwise_and(u, 0x4000, out=t)
-    np.bitwise_xor(u, t, out=u)
-    np.left_shift(t, 1, out=t)
+    np.left_shift(u, 6, out=u)  # e6..e0 m6 in place
+    np.copyto(t, y, casting="unsafe")
+    np.left_shift(t, 15, out=t)  # the sign (y's bit 0) to bit 15, the rest shifted out
     np.bitwise_or(u, t, out=u)
-    np.bitwise_or(u, m, out=u, casting="unsafe")
+    np.copyto(t, y, casting="unsafe")
+    np.right_shift(t, 1, out=t)  # m5..m0
+    np.bitwise_or(u, t, out=u)
     if e7.any():  # |w| ≥ 2 somewhere in the frame
         np.copyto(t, np.unpackbits(e7, count=u.size, bitorder="little"), casting="unsafe")
         np.left_shift(t, 14, out=t)
@@ -300,7 +305,7 @@ def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tu
         if len(shape) != 2 or dtype != torch.int32 or bits not in range(2, 9):
             raise bad("codes on a tensor that is not a 2-D int32 packed weight")
         rows, words = shape
-        values = rows * math.ceil(words * 32 // bits / (8 // bits))
+        values = rows * -(-(words * 32 // bits) // (8 // bits))  # rows · ⌈codes per row / codes per byte⌉
     else:
         values = _numel(shape) * itemsize // layout.itemsize
         if layout.name != "bytes" and layout.itemsize != itemsize:
