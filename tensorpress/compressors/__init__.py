@@ -1,9 +1,12 @@
 """The registry of compressors, keyed by the name used in recipes. Explicit: no discovery magic."""
 
 from tensorpress.compressors.base import Compressor
+from tensorpress.compressors.eora import EoRA
 from tensorpress.compressors.gptq import GPTQ
+from tensorpress.compressors.prune import Prune
 from tensorpress.compressors.rtn import RTN
+from tensorpress.compressors.svd import SVD
 
-REGISTRY: dict[str, type[Compressor]] = {c.name: c for c in (RTN, GPTQ)}
+REGISTRY: dict[str, type[Compressor]] = {c.name: c for c in (RTN, GPTQ, SVD, Prune, EoRA)}
 
 __all__ = ["REGISTRY", "Compressor"]
