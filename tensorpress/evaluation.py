@@ -38,33 +38,61 @@ def evaluate_tokens(
     device: str = "cpu",
     progress: Progress | None = None,
     batch: int = 1,
+    base_cache: Path | None = None,
 ) -> dict:
-    """Evaluate `model` (and `base`, when given) on token windows (W, L)."""
+    """Evaluate `model` (and `base`, when given) on token windows (W, L).
+
+    `base_cache`: a folder where the base model's logits are kept per window (float32), so several
+    compressed models are compared with one base evaluation (benchmarks); reused only for the same ids.
+    """
     progress = progress or Progress()
     comp = load(model, device=device)
-    ref = load(base, device=device) if base is not None else None
+    ref = None
+    if base is not None and not _cached(base_cache, tokens, batch):
+        ref = load(base, device=device)
     vocab = comp.config.vocab_size
     if int(tokens.max()) >= vocab:
         raise TensorpressError(f"evaluation text has token ids ≥ the model's vocab size {vocab}")
     nll_c = nll_b = kl_sum = 0.0
     agree = n = 0
-    for ids in progress.track(tokens.split(batch), "eval windows", total=math.ceil(len(tokens) / batch)):
+    for w, ids in enumerate(progress.track(tokens.split(batch), "eval windows", total=math.ceil(len(tokens) / batch))):
         ids = ids.to(device)
         lc = _logits(comp, ids)
         s, k = window_stats(lc, ids)
         nll_c += s
         n += k
-        if ref is not None:
-            lb = _logits(ref, ids)
+        if base is not None:
+            lb = _base_logits(ref, ids, base_cache, w)
             nll_b += window_stats(lb, ids)[0]
             logp_c = F.log_softmax(lc[:, :-1], dim=-1)
             logp_b = F.log_softmax(lb[:, :-1], dim=-1)
             kl_sum += float((logp_b.exp() * (logp_b - logp_c)).sum(-1).double().sum())
             agree += int((lb[:, :-1].argmax(-1) == lc[:, :-1].argmax(-1)).sum())
     out = {"ppl": math.exp(nll_c / n), "tokens": n, "windows": len(tokens), "seqlen": tokens.shape[1]}
-    if ref is not None:
+    if base is not None:
         out.update(ppl_base=math.exp(nll_b / n), kl=kl_sum / n, top1_agreement=agree / n)
     return out
+
+
+def _cache_file(cache: Path, ids: torch.Tensor, w: int) -> Path:
+    import hashlib
+
+    digest = hashlib.sha1(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+    return Path(cache) / f"base-{w:04d}-{digest}.pt"
+
+
+def _cached(cache: Path | None, tokens: torch.Tensor, batch: int) -> bool:
+    return cache is not None and all(_cache_file(cache, ids, w).is_file() for w, ids in enumerate(tokens.split(batch)))
+
+
+def _base_logits(ref, ids: torch.Tensor, cache: Path | None, w: int) -> torch.Tensor:
+    if cache is not None and _cache_file(cache, ids, w).is_file():
+        return torch.load(_cache_file(cache, ids, w)).to(ids.device)
+    lb = _logits(ref, ids)
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        torch.save(lb.cpu(), _cache_file(cache, ids, w))
+    return lb
 
 
 def evaluate(

@@ -74,7 +74,7 @@ def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
                         f"{where}: {n} is already quantized by steps[{quantized_by[n]}]; one quantizer per module"
                     )
                 quantized_by[n] = step.index
-        if head in names and step.cls.needs_calibration:
+        if head in names and step.needs_calibration:
             raise TensorpressError(f"{where}: calibrated compressors cannot target {head} yet; add it to ignore")
         plan[step.index] = names
     check_plan(skel, recipe, plan)  # per-module order of svd / prune / quantizers / eora

@@ -9,17 +9,15 @@ import re
 
 import torch
 
-from tensorpress.compressors.base import ConfigError
 
-
-def parse_pattern(pattern: str, key: str = "pattern") -> tuple[int, int]:
+def parse_pattern(pattern: str) -> tuple[int, int]:
     """'N:M' → (n, m): n zeros in every m consecutive input weights (SparseGPT/Wanda convention)."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
     if not m:
-        raise ConfigError(key, f"must look like 'N:M' (e.g. '2:4'), got {pattern!r}")
+        raise ValueError(f"must look like 'N:M' (e.g. '2:4'), got {pattern!r}")
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm or mm > 256:
-        raise ConfigError(key, f"needs 0 < N < M ≤ 256, got {pattern!r}")
+        raise ValueError(f"needs 0 < N < M ≤ 256, got {pattern!r}")
     return n, mm
 
 
@@ -42,9 +40,14 @@ def lowest_keep(score: torch.Tensor, sparsity: float, per_row: bool) -> torch.Te
             keep.scatter_(1, torch.topk(score, k, dim=1, largest=False).indices, False)
         return keep
     k = int(score.numel() * sparsity)
-    keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
-    if k:
-        keep[torch.topk(score.flatten(), k, largest=False).indices] = False
+    if not k:
+        return torch.ones_like(score, dtype=torch.bool)
+    flat = score.flatten()
+    keep = flat > flat.kthvalue(k).values
+    ties = int(k - (~keep).sum())  # scores equal to the threshold that must stay: keep the first ones
+    if ties < 0:
+        tied = torch.nonzero(flat == flat.kthvalue(k).values).squeeze(1)
+        keep[tied[:-ties]] = True
     return keep.reshape(score.shape)
 
 

@@ -131,3 +131,26 @@ def write_eora(writer, work) -> None:
                     writer.add(n, x)
             else:
                 writer.add(f"{name}.eora_{part}", getattr(corr, part).to(work.scale_dtype).contiguous())
+
+
+def fold_lowrank(items):
+    """(key, tensor) stream with every low-rank pair `M.svd_u.weight`, `M.svd_v.weight` replaced by the
+    dense `M.weight` = U·V (float32 product, in the factors' dtype) and `M.svd_u.bias` by `M.bias`."""
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in items:
+        stem, marker, leaf = None, None, key.rpartition(".")[2]
+        for m in FACTOR_SUFFIXES:
+            if m + "." in key:
+                stem, marker = key[: key.index(m + ".")], m
+        if stem is None:
+            yield key, t
+            continue
+        if leaf == "bias":
+            yield f"{stem}.bias", t
+            continue
+        got = pending.setdefault(stem, {})
+        got[marker] = t
+        if len(got) == 2:
+            u, v = got[".svd_u"], got[".svd_v"]
+            yield f"{stem}.weight", (u.float() @ v.float()).to(u.dtype)
+            del pending[stem]

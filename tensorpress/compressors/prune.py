@@ -39,7 +39,10 @@ class PruneConfig:
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError("sparsity", f"must be in [0, 1), got {self.sparsity}")
         if self.pattern is not None:
-            parse_pattern(self.pattern)
+            try:
+                parse_pattern(self.pattern)
+            except ValueError as e:
+                raise ConfigError("pattern", str(e)) from e
         if self.layerwise == "owl":
             if self.sparsity is None:
                 raise ConfigError("layerwise", "owl needs 'sparsity' (N:M patterns fix every layer's sparsity)")

@@ -50,13 +50,9 @@ def index_bits(m: int) -> int:
 
 def nm_positions(mask: torch.Tensor, m: int) -> torch.Tensor:
     """Kept positions inside each group of m: (out, in) bool → (out, in/m · k) int64, ascending per group."""
-    out_f, in_f = mask.shape
-    groups = mask.reshape(out_f, in_f // m, m)
-    k = int(groups[0, 0].sum()) if groups.numel() else 0
-    pos = torch.arange(m).expand_as(groups)
-    # Sorting kept-first (stable) puts each group's kept positions first, in ascending order.
-    order = torch.sort((~groups).to(torch.int8), dim=-1, stable=True).indices
-    return torch.gather(pos, -1, order)[..., :k].reshape(out_f, -1)
+    out_f, _in_f = mask.shape
+    # Row-major kept indices, modulo m: every group holds the same count, so rows line up.
+    return (torch.nonzero(mask.reshape(-1)).squeeze(1) % m).reshape(out_f, -1)
 
 
 def pack_sparse(name: str, sw: SparseWeight, qw: QuantizedWeight | None, dtype: torch.dtype) -> dict:
