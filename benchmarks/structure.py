@@ -40,15 +40,15 @@ def methods() -> dict[str, list[dict]]:
         "magnitude-50": prune("magnitude", sparsity=0.5),
         "wanda-50": prune("wanda", sparsity=0.5),
         "sparsegpt-50": prune("sparsegpt", sparsity=0.5),
-        "wanda-50-owl": prune("wanda", sparsity=0.5, layerwise="owl"),
+        "svd-plain-r80": [{"svd": {"method": "plain", "ratio": 0.8}, **IGNORE}],
+        "svd-whitened-r80": [{"svd": {"method": "whitened", "ratio": 0.8}, **IGNORE}],
+        "gptq-w3g64": [gptq3],
+        "gptq-w3g64+eora-r32": [gptq3, {"eora": {"rank": 32, "bits": 4, "group_size": 64}, **IGNORE}],
+        "sparsegpt-50+gptq-w4": [*prune("sparsegpt", sparsity=0.5), {"gptq": {"bits": 4, "group_size": 64}, **IGNORE}],
         "magnitude-2:4": prune("magnitude", pattern="2:4"),
         "wanda-2:4": prune("wanda", pattern="2:4"),
         "sparsegpt-2:4": prune("sparsegpt", pattern="2:4"),
-        "svd-plain-r80": [{"svd": {"method": "plain", "ratio": 0.8}, **IGNORE}],
-        "svd-whitened-r80": [{"svd": {"method": "whitened", "ratio": 0.8}, **IGNORE}],
-        "sparsegpt-50+gptq-w4": [*prune("sparsegpt", sparsity=0.5), {"gptq": {"bits": 4, "group_size": 64}, **IGNORE}],
-        "gptq-w3g64": [gptq3],
-        "gptq-w3g64+eora-r32": [gptq3, {"eora": {"rank": 32, "bits": 4, "group_size": 64}, **IGNORE}],
+        "wanda-50-owl": prune("wanda", sparsity=0.5, layerwise="owl"),
     }
 
 

@@ -26,7 +26,7 @@ class EoRAConfig:
     bits: int | None = None  # quantize B and A with RTN (None: store them in the checkpoint dtype)
     group_size: int = 64
     eps: float = 1e-6  # eigenvalues below eps·λ_max are clamped (directions the inputs never use)
-    true_sequential: bool = True
+    true_sequential: bool = False  # True: q/k/v, then o, ..., re-collecting inputs between (slower)
 
     def validate(self) -> None:
         if self.rank < 1:

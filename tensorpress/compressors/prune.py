@@ -31,7 +31,7 @@ class PruneConfig:
     owl_batches: int = 4  # calibration batches of the dense pre-pass that measures outlier ratios
     block_size: int = 128  # SparseGPT: columns per block (mask selection and lazy updates)
     dampening: float = 0.01  # SparseGPT: fraction of mean diag(H) added to the diagonal
-    true_sequential: bool = True  # prune q/k/v, then o, then gate/up, then down, re-collecting inputs
+    true_sequential: bool = False  # True: prune q/k/v, then o, gate/up, down, re-collecting inputs (slower)
 
     def validate(self) -> None:
         if (self.sparsity is None) == (self.pattern is None):

@@ -26,7 +26,7 @@ class SVDConfig:
     energy: float | None = None  # or: smallest r keeping this fraction of Σσ²
     method: Literal["plain", "whitened"] = "whitened"
     shift: float = 1e-6  # whitened: relative diagonal shift of H when Cholesky fails (×10 per retry)
-    true_sequential: bool = True  # whitened: factor q/k/v, then o, ..., re-collecting inputs between
+    true_sequential: bool = False  # whitened, True: factor q/k/v, then o, ..., re-collecting inputs between
 
     def validate(self) -> None:
         given = [k for k in ("rank", "ratio", "energy") if getattr(self, k) is not None]
