@@ -48,7 +48,8 @@ def evaluate_tokens(
     progress = progress or Progress()
     comp = load(model, device=device)
     ref = None
-    if base is not None and not _cached(base_cache, tokens, batch):
+    same = base is not None and Path(base).resolve() == Path(model).resolve()  # base against itself
+    if base is not None and not same and not _cached(base_cache, tokens, batch):
         ref = load(base, device=device)
     vocab = comp.config.vocab_size
     if int(tokens.max()) >= vocab:
@@ -62,7 +63,7 @@ def evaluate_tokens(
         nll_c += s
         n += k
         if base is not None:
-            lb = _base_logits(ref, ids, base_cache, w)
+            lb = _base_logits(ref, ids, base_cache, w, lc if same else None)
             nll_b += window_stats(lb, ids)[0]
             logp_c = F.log_softmax(lc[:, :-1], dim=-1)
             logp_b = F.log_softmax(lb[:, :-1], dim=-1)
@@ -85,10 +86,10 @@ def _cached(cache: Path | None, tokens: torch.Tensor, batch: int) -> bool:
     return cache is not None and all(_cache_file(cache, ids, w).is_file() for w, ids in enumerate(tokens.split(batch)))
 
 
-def _base_logits(ref, ids: torch.Tensor, cache: Path | None, w: int) -> torch.Tensor:
+def _base_logits(ref, ids: torch.Tensor, cache: Path | None, w: int, known: torch.Tensor | None) -> torch.Tensor:
     if cache is not None and _cache_file(cache, ids, w).is_file():
         return torch.load(_cache_file(cache, ids, w)).to(ids.device)
-    lb = _logits(ref, ids)
+    lb = known if known is not None else _logits(ref, ids)
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
         torch.save(lb.cpu(), _cache_file(cache, ids, w))
