@@ -42,9 +42,11 @@ def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
     Found by replaying one calibration batch with hooks, so it works for any architecture.
     """
     order: list[tuple[str, int]] = []
+    alive: list[torch.Tensor] = []  # keeps inputs' memory from being reused, so equal pointers mean equal inputs
 
     def hook_for(name: str):
         def hook(_m: nn.Module, inp: tuple) -> None:
+            alive.append(inp[0])
             order.append((name, inp[0].data_ptr()))
             if len(order) == len(targets):
                 raise _StopReplay
@@ -80,17 +82,20 @@ def collect_hessians(work: LayerWork, names: list[str]) -> dict[str, Hessian]:
     out: dict[str, Hessian] = {}
     leader_of: dict[str, str] = {}  # module → the module whose Hessian it shares
     fired: set[str] = set()
-    batch_ptrs: dict[int, str] = {}
+    # data_ptr → (first module fed that tensor, the tensor): holding the tensor keeps its memory from being
+    # reused by a later, different input during the same batch (which would wrongly share a Hessian).
+    batch_ptrs: dict[int, tuple[str, torch.Tensor]] = {}
 
     def hook_for(name: str):
         def hook(_m: nn.Module, inp: tuple) -> None:
             x = inp[0]
             if name not in leader_of:
                 ptr = x.data_ptr()
-                leader = batch_ptrs.get(ptr)
+                seen = batch_ptrs.get(ptr)
+                leader = seen[0] if seen is not None and seen[1].shape == x.shape else None
                 leader_of[name] = leader or name
                 if leader is None:
-                    batch_ptrs[ptr] = name
+                    batch_ptrs[ptr] = (name, x)
                     in_f = in_out(work.linear(name))[0]
                     out[name] = Hessian(torch.zeros(in_f, in_f, device=device))
                 out[leader_of[name]].members.append(name)

@@ -230,6 +230,8 @@ def test_pipeline_and_loader_round_trip(tiny_models, text_file, tmp_path, monkey
     ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert bool(torch.isfinite(model(input_ids=ids).logits).all())
+    if "joint" in name:  # kept codes 0.5 × 4 + scales 16/32 + mask 1 (+ word padding of one packed stream)
+        assert size_stats(out)["bits_per_weight"] == pytest.approx(3.5, abs=0.01)
     if "owl" in name:
         dens = [d["density"] for k, d in structure.items() if "sparse" in d]
         by_layer = {k.split(".")[2] for k in structure}
@@ -249,15 +251,6 @@ def test_sparse_bytes_track_counted_bits(tiny_models, tmp_path):
     assert stored <= 0.57 * 2 * 96 * 160
     base = size_stats(tiny_models["llama"])
     assert sz["size_bytes"] < base["size_bytes"]
-
-
-def test_joint_bits_count_mask_codes_and_scales(tiny_models, text_file, tmp_path):
-    calib = {"text": str(text_file), "samples": 8, "seqlen": 32, "batch_size": 4}
-    steps = [_prune("sparsegpt", sparsity=0.5), {"gptq": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}]
-    out = tmp_path / "j"
-    tensorpress.compress(tiny_models["llama"], {"calibration": calib, "steps": steps}, out)
-    # kept codes 0.5 × 4 + scales 16/32 + mask 1 (up to the word padding of one packed stream per module)
-    assert size_stats(out)["bits_per_weight"] == pytest.approx(3.5, abs=0.01)
 
 
 def test_svd_rank_that_saves_nothing_stays_dense(tiny_models, tmp_path):
@@ -285,3 +278,27 @@ def test_decompress_gives_a_plain_checkpoint(tiny_models, tmp_path, steps):
         a = tensorpress.load(out)(input_ids=ids).logits
         b = tensorpress.load(dense)(input_ids=ids).logits
     assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_one_pass_hessians_are_shared_only_by_modules_fed_the_same_tensor(tiny_models, arch):
+    """All of a layer's Linears in one replay: freed activations must not make two inputs look alike."""
+    from tensorpress.architecture import build_skeleton, in_out, is_linear, materialize
+    from tensorpress.checkpoint import open_checkpoint
+    from tensorpress.compressors.base import LayerWork
+    from tensorpress.pipeline import capture_inputs
+    from tensorpress.stats import collect_hessians
+
+    ckpt = open_checkpoint(tiny_models[arch])
+    skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+    ids = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(1))
+    inputs, kws = capture_inputs(skel, ckpt, ids, 2, "cpu")
+    layer, prefix = skel.layers[0], skel.layer_prefix(0)
+    materialize(layer, prefix, skel, ckpt.tensor, torch.float32, "cpu")
+    work = LayerWork(0, prefix, layer, torch.bfloat16, calib_inputs=inputs, calib_kwargs=kws)
+    names = [prefix + n for n, m in layer.named_modules() if is_linear(m)]
+    hess = collect_hessians(work, names)
+    for n in names:
+        assert hess[n].H.shape[0] == in_out(work.linear(n))[0]
+    groups = {id(h) for h in hess.values()}
+    assert len(groups) == 4  # q/k/v share, o alone, gate/up (or fc1) share, down (or fc2) alone
