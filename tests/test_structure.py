@@ -302,3 +302,14 @@ def test_one_pass_hessians_are_shared_only_by_modules_fed_the_same_tensor(tiny_m
         assert hess[n].H.shape[0] == in_out(work.linear(n))[0]
     groups = {id(h) for h in hess.values()}
     assert len(groups) == 4  # q/k/v share, o alone, gate/up (or fc1) share, down (or fc2) alone
+
+
+def test_rank_rules():
+    from tensorpress.compressors.svd import SVDConfig, break_even_rank, choose_rank
+
+    sigma = torch.tensor([4.0, 2.0, 1.0, 1.0])  # σ² = 16, 4, 1, 1 of 22
+    assert choose_rank(60, 40, sigma, SVDConfig(energy=16 / 22)) == 1
+    assert choose_rank(60, 40, sigma, SVDConfig(energy=0.9)) == 2
+    assert choose_rank(60, 40, sigma, SVDConfig(rank=9)) == 4
+    r = choose_rank(60, 40, sigma, SVDConfig(ratio=0.8))
+    assert r == 19 and r * (60 + 40) <= 0.8 * 60 * 40 and break_even_rank(60, 40) == 24

@@ -40,9 +40,11 @@ class PruneConfig:
             raise ConfigError("sparsity", f"must be in [0, 1), got {self.sparsity}")
         if self.pattern is not None:
             try:
-                parse_pattern(self.pattern)
+                _, m = parse_pattern(self.pattern)
             except ValueError as e:
                 raise ConfigError("pattern", str(e)) from e
+            if self.block_size % m:
+                raise ConfigError("block_size", f"must be a multiple of M={m} of pattern {self.pattern!r}")
         if self.layerwise == "owl":
             if self.sparsity is None:
                 raise ConfigError("layerwise", "owl needs 'sparsity' (N:M patterns fix every layer's sparsity)")
