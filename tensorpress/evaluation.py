@@ -58,7 +58,8 @@ def evaluate_tokens(
     agree = n = 0
     for w, ids in enumerate(progress.track(tokens.split(batch), "eval windows", total=math.ceil(len(tokens) / batch))):
         ids = ids.to(device)
-        lc = _logits(comp, ids)
+        hit = same and base_cache is not None and _cache_file(base_cache, ids, w).is_file()
+        lc = torch.load(_cache_file(base_cache, ids, w)).to(device) if hit else _logits(comp, ids)
         s, k = window_stats(lc, ids)
         nll_c += s
         n += k
