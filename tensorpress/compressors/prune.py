@@ -116,20 +116,21 @@ class Prune(Compressor):
             return
         stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
         for stage in stages:
-            hessians = collect_hessians(work, stage)
+            # Wanda needs only Σ x_j² per input (diag H): far cheaper than the full Hessian SparseGPT needs.
+            stats = input_sq_sums(work, stage) if cfg.method == "wanda" else collect_hessians(work, stage)
             for name in stage:
                 W = work.weight(name)
-                hess = hessians.get(name)
-                if hess is None or hess.n == 0:
+                st = stats.get(name)
+                if st is None or (cfg.method != "wanda" and st.n == 0):
                     work.notes.append(f"prune: {name} saw no calibration tokens; pruned by magnitude")
                     keep = magnitude_keep(W, s, nm)
                     self._record(work, name, W * keep, keep, nm)
                     continue
                 if cfg.method == "wanda":
-                    keep = wanda_keep(W, torch.diag(hess.H), s, nm)
+                    keep = wanda_keep(W, st, s, nm)
                     self._record(work, name, W * keep, keep, nm)
                     continue
-                res = sparsegpt_prune(W, hess.H, s, nm, cfg.block_size, cfg.dampening, name)
+                res = sparsegpt_prune(W, st.H, s, nm, cfg.block_size, cfg.dampening, name)
                 self._record(work, name, res[0], res[1], nm)
 
     def _record(self, work: LayerWork, name: str, W: torch.Tensor, keep: torch.Tensor, nm) -> None:
@@ -137,6 +138,26 @@ class Prune(Compressor):
         work.set_weight(name, W)
         work.sparse[name] = SparseWeight(keep, W, nm)
         work.structure.setdefault(name, {}).update(work.sparse[name].describe())
+
+
+def input_sq_sums(work: LayerWork, names: list[str]) -> dict[str, torch.Tensor]:
+    """Σ over calibration tokens of x_j² for each input j of each module (one replay of every batch)."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_m, inp: tuple) -> None:
+            x = inp[0].reshape(-1, inp[0].shape[-1]).float()
+            sums[name] = sums[name] + (x * x).sum(0) if name in sums else (x * x).sum(0)
+
+        return hook
+
+    handles = [work.linear(n).register_forward_pre_hook(hook_for(n)) for n in names]
+    try:
+        work.replay()
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
 
 
 def sparsegpt_prune(
