@@ -106,6 +106,9 @@ def build_skeleton(config_dict: dict, checkpoint_names: list[str]) -> Skeleton:
         archs = ",".join(cfg.get("architectures") or [model_type or "?"])
         raise TensorpressError(f"architecture {archs} is not a causal language model tensorpress can load") from e
     model.eval()
+    from tensorpress.structure import substitute_structure
+
+    substitute_structure(model, (config_dict.get("tensorpress") or {}).get("structure"))  # low-rank modules
     n_layers = getattr(config, "num_hidden_layers", None)
     found = [
         (name, mod)
@@ -139,7 +142,13 @@ def _map_names(model: nn.Module, config, on_disk: set[str]) -> tuple[dict[str, s
         ident = id(t)
         if hit is None and key.endswith(".weight"):
             stem = next(
-                (c[: -len(".weight")] for c in candidates if c[: -len("weight")] + "weight_packed" in on_disk), None
+                (
+                    c[: -len(".weight")]
+                    for c in candidates
+                    for part in ("weight_packed", "weight_mask", "weight_mask_index")  # quantized or sparse
+                    if c[: -len("weight")] + part in on_disk
+                ),
+                None,
             )
             if stem is not None:
                 packed[key] = stem

@@ -10,6 +10,7 @@ from tensorpress.atomic import atomic_dir, check_out_dir
 from tensorpress.checkpoint import copy_side_files, open_checkpoint
 from tensorpress.formats.safetensors_io import ShardWriter
 from tensorpress.loader import dense_tensors, quantized_modules
+from tensorpress.structure import fold_lowrank
 
 
 def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -21,11 +22,13 @@ def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
         quantized_modules(ckpt, skel)  # fail early if a packed module has no scheme
         with atomic_dir(out) as tmp:
             writer = ShardWriter(tmp, metadata={"format": "pt"})
-            for key, t in dense_tensors(ckpt, skel):
+            names = set(ckpt.reader.names())
+            for key, t in fold_lowrank(dense_tensors(ckpt, skel)):
                 disk = skel.packed.get(key)
                 if disk is not None:
-                    # Back to the dtype the scales were stored in: the checkpoint's own dtype.
-                    t = t.to(ckpt.tensor(f"{disk}.weight_scale").dtype)
+                    # Back to the dtype the scales (or sparse values) were stored in: the checkpoint's own.
+                    part = "weight_scale" if f"{disk}.weight_scale" in names else "weight_values"
+                    t = t.to(ckpt.tensor(f"{disk}.{part}").dtype)
                 writer.add(key, t)
             writer.close()
             cfg = dict(ckpt.config_dict)

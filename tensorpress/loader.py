@@ -15,7 +15,8 @@ from torch import nn
 from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_linear
 from tensorpress.checkpoint import Checkpoint, open_checkpoint
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.compressed_tensors import decode_weight, module_schemes
+from tensorpress.formats.compressed_tensors import module_schemes
+from tensorpress.formats.sparse import decode_module
 from tensorpress.quantization import QuantScheme
 
 
@@ -25,7 +26,10 @@ def quantized_modules(ckpt: Checkpoint, skel: Skeleton) -> dict[str, QuantScheme
     if not qconfig or not skel.packed:
         return {}
     modules = {}
+    names = set(ckpt.reader.names())
     for key, disk in skel.packed.items():
+        if f"{disk}.weight_packed" not in names:  # sparse without a quantizer: values, not codes
+            continue
         mod = skel.model.get_submodule(key[: -len(".weight")])
         modules[disk] = type(mod).__name__
     schemes = module_schemes(qconfig, modules)
@@ -38,10 +42,12 @@ def quantized_modules(ckpt: Checkpoint, skel: Skeleton) -> dict[str, QuantScheme
 def dense_tensors(ckpt: Checkpoint, skel: Skeleton) -> Iterator[tuple[str, torch.Tensor]]:
     """(model key, dense tensor in its stored dtype) for every tensor of the checkpoint, streamed."""
     schemes = quantized_modules(ckpt, skel)
+    names = set(ckpt.reader.names())
+    structure = (ckpt.config_dict.get("tensorpress") or {}).get("structure") or {}
     for key, disk in skel.name_map.items():
         yield key, ckpt.tensor(disk)
     for key, disk in skel.packed.items():
-        w = decode_weight(disk, schemes[disk], ckpt.tensor)
+        w = decode_module(disk, schemes.get(disk), ckpt.tensor, names, structure.get(key[: -len(".weight")]))
         mod = skel.model.get_submodule(key[: -len(".weight")])
         if not is_linear(mod):
             raise TensorpressError(f"{disk}: packed weight on a {type(mod).__name__}, not a Linear")

@@ -24,6 +24,7 @@ from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_li
 from tensorpress.atomic import atomic_dir, check_out_dir
 from tensorpress.calibration import calibration_windows, eval_windows, load_tokenizer
 from tensorpress.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.composition import check_plan, prepare_steps, step_targets
 from tensorpress.compressors.base import LayerWork
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import pack_tensors, quantization_config
@@ -32,6 +33,7 @@ from tensorpress.progress import Progress
 from tensorpress.quantization import QuantScheme
 from tensorpress.recipe import Recipe, load_recipe
 from tensorpress.resources import StageMeter
+from tensorpress.structure import write_eora, write_structured
 
 
 @dataclass
@@ -75,9 +77,10 @@ def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
                         f"{where}: {n} is already quantized by steps[{quantized_by[n]}]; one quantizer per module"
                     )
                 quantized_by[n] = step.index
-        if head in names and step.cls.needs_calibration:
+        if head in names and step.needs_calibration:
             raise TensorpressError(f"{where}: calibrated compressors cannot target {head} yet; add it to ignore")
         plan[step.index] = names
+    check_plan(skel, recipe, plan)  # per-module order of svd / prune / quantizers / eora
     return plan
 
 
@@ -228,6 +231,8 @@ def _compress_layers(
     compressors = {s.index: s.compressor() for s in rec.steps}
     for s in rec.steps:
         compressors[s.index].prepare(rec, s)
+    prepare_steps(rec, plan, compressors, skel, ckpt, inputs, kwargs_list, device)
+    structure: dict[str, dict] = {}
     schemes: dict[str, QuantScheme] = {}
     errors: dict[str, float] = {}
     output_error: dict[int, float] = {}
@@ -243,6 +248,7 @@ def _compress_layers(
                 if n.startswith(prefix)
             }
             work = LayerWork(i, prefix, layer, _scale_dtype(dtypes), calib_inputs=inputs, calib_kwargs=kwargs_list)
+            work.originals = originals
             ref = None
             if inputs:
                 with torch.no_grad():  # the uncompressed layer's update on batch 0, for the report
@@ -250,7 +256,7 @@ def _compress_layers(
             for step in rec.steps:
                 targets = [n for n in plan[step.index] if n.startswith(prefix)]
                 if targets:
-                    compressors[step.index].apply(work, targets)
+                    compressors[step.index].apply(work, step_targets(work, step, targets))
             if inputs:
                 x0 = inputs[0]
                 with torch.no_grad():
@@ -260,6 +266,7 @@ def _compress_layers(
                     # Relative error of what the layer adds to the residual stream, same input for both.
                     output_error[i] = float((inputs[0] - x0 - ref).norm() / ref.norm().clamp_min(1e-12))
             _record(work, originals, schemes, errors, notes)
+            structure.update(work.structure)
             _pack_module(writer, layer, prefix, skel, dtypes, work)
             release(layer)
         _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device)
@@ -267,7 +274,13 @@ def _compress_layers(
     except BaseException:
         writer.abort()
         raise
-    return {"schemes": schemes, "relative_error": errors, "output_error": output_error, "head": skel.lm_head_name()}
+    return {
+        "schemes": schemes,
+        "relative_error": errors,
+        "output_error": output_error,
+        "head": skel.lm_head_name(),
+        "structure": structure,
+    }
 
 
 def _scale_dtype(dtypes: dict[str, torch.dtype]) -> torch.dtype:
@@ -305,6 +318,8 @@ def _pack_module(
     for key, t in module.state_dict().items():
         full = prefix + key
         owner = full.rpartition(".")[0]
+        if write_structured(writer, full, key, t, work):  # sparse weights, low-rank factors
+            continue
         if owner in work.quantized and key.endswith("weight"):
             for name, packed in pack_tensors(owner, work.quantized[owner]).items():
                 writer.add(name, packed)
@@ -312,6 +327,7 @@ def _pack_module(
         if full not in skel.name_map:
             continue
         writer.add(full, t.to(dtypes.get(key, t.dtype)))
+    write_eora(writer, work)
 
 
 def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device) -> None:
@@ -371,4 +387,6 @@ def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: 
         "base": str(ckpt.folder.resolve()),
         "notes": notes,
     }
+    if stats.get("structure"):
+        cfg["tensorpress"]["structure"] = stats["structure"]  # what the loader rebuilds: svd, sparse, eora
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

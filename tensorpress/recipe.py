@@ -57,6 +57,11 @@ class Step:
     def cls(self) -> type[Compressor]:
         return REGISTRY[self.name]
 
+    @property
+    def needs_calibration(self) -> bool:
+        """A config may know better than its class (plain svd and magnitude pruning need no data)."""
+        return bool(getattr(self.config, "needs_calibration", self.cls.needs_calibration))
+
     def selects(self, module_name: str) -> bool:
         if self.targets and not any(match(p, module_name) for p in self.targets):
             return False
@@ -81,7 +86,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(s.cls.needs_calibration for s in self.steps)
+        return any(s.needs_calibration for s in self.steps)
 
     def to_dict(self) -> dict:
         """The resolved recipe (every default filled in), as stored in outputs and reports."""

@@ -71,7 +71,7 @@ def render_markdown(r: dict) -> str:
         f"- perplexity change: {_fmt(r['ppl_increase_pct'], '+.2f')} %",
         f"- KL(base ‖ compressed), mean per token: {_fmt(r['kl'])}",
         f"- top-1 agreement with base: {_fmt(r['top1_agreement'], '.2%') if r['top1_agreement'] is not None else '—'}",
-        f"- bits per quantized weight (codes + scales + zeros): {_fmt(r['bits_per_weight'])}",
+        f"- bits per compressed weight (codes, scales, zeros, masks, factors): {_fmt(r['bits_per_weight'])}",
         f"- bits per parameter, whole checkpoint: {_fmt(r['bits_per_param_overall'])}",
         f"- scored tokens: {r['tokens']} ({r['eval'].get('windows')} windows × {r['eval'].get('seqlen')}"
         f" on `{r['eval'].get('text')}`)",

@@ -1,4 +1,9 @@
-"""Byte accounting of a checkpoint folder: what the compressed weights really cost on disk."""
+"""Byte accounting of a checkpoint folder: what the compressed weights really cost on disk.
+
+A compressed Linear is counted with everything it stores: integer codes, scales, zero points, sparsity
+masks and N:M indices, kept values, low-rank factors and EoRA corrections. Its weight count is the
+dense (out × in) it replaces, so bits_per_weight compares with 16 for an untouched BF16 weight.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,47 @@ from tensorpress.lossless import coded_table
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 COUNTED_PARTS = PACKED_PARTS[:3]  # what bits/weight counts: codes, scales, zero points (not the shape)
+SPARSE_PARTS = ("weight_mask", "weight_mask_index", "weight_values")
+FACTOR_MARKERS = (".svd_u.", ".svd_v.")
+EORA_MARKERS = (".eora_a", ".eora_b")
+
+
+def compressed_modules(infos: dict[str, TensorInfo]) -> dict[str, list[str]]:
+    """Compressed module → the names of every tensor it stores (shape tensors included)."""
+    groups: dict[str, list[str]] = {}
+    for n in infos:
+        stem = None
+        for marker in FACTOR_MARKERS + EORA_MARKERS:
+            if marker in n or n.endswith(marker):
+                stem = n[: n.index(marker)]
+                break
+        if stem is None:
+            owner, _, part = n.rpartition(".")
+            if part in PACKED_PARTS or part in SPARSE_PARTS:
+                stem = owner
+        if stem is not None:
+            groups.setdefault(stem, []).append(n)
+    return groups
+
+
+def _dense_shape(
+    stem: str, names: list[str], infos: dict[str, TensorInfo], r: SafetensorsReader, coded: dict | None = None
+) -> tuple[int, int]:
+    """(out, in) of the dense weight a compressed module replaces (entropy-coded tensors: shape from `coded`)."""
+
+    def shape(prefix: str) -> tuple[int, int]:
+        if f"{prefix}.weight_shape" in infos:
+            out_f, in_f = r.get(f"{prefix}.weight_shape").tolist()
+            return int(out_f), int(in_f)
+        key = f"{prefix}.weight"
+        if coded and key in coded:
+            return tuple(coded[key]["shape"])  # type: ignore[return-value]
+        return tuple(infos[key].shape)  # type: ignore[return-value]
+
+    if any(".svd_u." in n for n in names):
+        return shape(f"{stem}.svd_u")[0], shape(f"{stem}.svd_v")[1]
+    return shape(stem)
+
 
 # Tensor name pattern → component, for "bytes by component"; the first matching row wins, anything
 # unmatched is "unquantized". New tensor kinds add a row here.
@@ -19,8 +65,8 @@ COMPONENT_RULES: tuple[tuple[str, str], ...] = (
     ("*.weight_scale", "scales"),
     ("*.weight_zero_point", "scales"),
     ("*mask*", "masks"),
-    ("*.svd_u", "factors"),
-    ("*.svd_v", "factors"),
+    ("*.svd_u.*", "factors"),
+    ("*.svd_v.*", "factors"),
     ("*eora_a", "factors"),
     ("*eora_b", "factors"),
 )
@@ -46,7 +92,7 @@ def bytes_by_component(folder: Path) -> dict[str, int]:
 
 
 def size_stats(folder: Path) -> dict:
-    """Sizes of a checkpoint; bits_per_weight counts codes, scales and zero points of quantized Linears."""
+    """Sizes of a checkpoint; bits_per_weight counts every stored tensor of its compressed Linears."""
     files = weight_files(Path(folder))
     infos: dict[str, TensorInfo] = {}
     coded: dict[str, dict] = {}  # entropy-coded tensors: their bytes are the coded bytes, their shape is here
@@ -54,20 +100,27 @@ def size_stats(folder: Path) -> dict:
         header, meta = read_header(f)
         infos.update(header)
         coded.update(coded_table(meta, str(f)))
-    modules = sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed"))
-    quant_bytes = sum(infos[f"{m}.{p}"].nbytes for m in modules for p in COUNTED_PARTS if f"{m}.{p}" in infos)
+    groups = compressed_modules(infos)
+    counted = {n for names in groups.values() for n in names}
+    quant_bytes = sum(infos[n].nbytes for n in counted if not n.endswith(".weight_shape") and not n.endswith(".bias"))
     quant_weights = 0
     with SafetensorsReader(files) as r:
-        for m in modules:
-            out_f, in_f = r.get(f"{m}.weight_shape").tolist()
-            quant_weights += int(out_f) * int(in_f)
-    other_params = sum(_numel(coded.get(n, i)) for n, i in infos.items() if not n.endswith(PACKED_PARTS))
+        for stem, names in groups.items():
+            out_f, in_f = _dense_shape(stem, names, infos, r, coded)
+            quant_weights += out_f * in_f
+    # Biases of compressed modules stay plain parameters; shape tensors are bookkeeping, not parameters.
+    other = [
+        coded.get(n, i)
+        for n, i in infos.items()
+        if (n not in counted or n.endswith(".bias")) and not n.endswith("_shape")
+    ]
+    other_params = sum(_numel(i) for i in other)
     total_bytes = sum(f.stat().st_size for f in files)
     params = quant_weights + other_params
     return {
         "size_bytes": total_bytes,
         "params": params,
-        "quantized_modules": len(modules),
+        "quantized_modules": len(groups),
         "quantized_weights": quant_weights,
         "quantized_bytes": quant_bytes,
         "bits_per_weight": 8 * quant_bytes / quant_weights if quant_weights else None,

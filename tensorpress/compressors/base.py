@@ -98,6 +98,12 @@ class LayerWork:
     # batch (B, L, H) and the keyword arguments the layer is called with, per batch.
     calib_inputs: list[torch.Tensor] = field(default_factory=list)
     calib_kwargs: list[dict] = field(default_factory=list)
+    # Structural records (see tensorpress/structure.py): full name → SparseWeight / EoRA correction, and
+    # full name → JSON description written to config.json["tensorpress"]["structure"] for the loader.
+    sparse: dict[str, Any] = field(default_factory=dict)
+    eora: dict[str, Any] = field(default_factory=dict)
+    structure: dict[str, dict] = field(default_factory=dict)
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # full name → weight before any step
 
     def num_batches(self) -> int:
         return len(self.calib_inputs)

@@ -8,6 +8,7 @@ of H⁻¹, blocks of `block_size` columns with lazy batch updates (Err1 @ Hinv[b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,10 +47,19 @@ class GPTQConfig:
 
 @dataclass
 class GPTQResult:
-    qw: QuantizedWeight
+    qw: QuantizedWeight | None  # None when run without a scheme (SparseGPT pruning alone)
     dampening: float  # the relative dampening that finally worked
     retries: int
     loss: float  # Σ over rows of the OBS loss (w - q)² / [H⁻¹]_jj, as in the reference
+    dense: torch.Tensor | None = None  # (out, in) the compressed weight, original column order
+    pruned: torch.Tensor | None = None  # (out, in) bool, True where `prune` zeroed the weight
+
+
+# prune(W1, d1, i1, i, M1): called before column i of the block starting at column i1; may mark weights
+# of the block as pruned in M1 (out, count) bool, from the current block W1 and d1 = diag(Hinv) of the
+# block (SparseGPT's adaptive mask selection). Pruned weights become exactly 0 and their error is
+# spread over the remaining columns like a rounding error.
+PruneHook = Callable[[torch.Tensor, torch.Tensor, int, int, torch.Tensor], None]
 
 
 def group_params(
@@ -116,14 +126,21 @@ def _inverse_hessian_factor(H: torch.Tensor, dampening: float, max_retries: int 
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
-    scheme: QuantScheme,
+    scheme: QuantScheme | None,
     scale_dtype: torch.dtype,
     block_size: int = 128,
     dampening: float = 0.01,
     act_order: bool = False,
     mse_clip: bool = False,
+    prune: PruneHook | None = None,
 ) -> GPTQResult:
-    """Quantize W (out, in) against H (in, in). Returns codes in the original column order."""
+    """Quantize W (out, in) against H (in, in). Returns codes in the original column order.
+
+    With `prune` the same sweep also prunes (SparseGPT; joint pruning + quantization when `scheme` is
+    set); with `scheme=None` nothing is rounded and only pruning happens.
+    """
+    quantize = scheme is not None
+    scheme = scheme or QuantScheme(8, -1, True)  # layout only; unused when not quantizing
     W = W.float().clone()
     H = H.float().clone()
     out_f, in_f = W.shape
@@ -151,6 +168,8 @@ def gptq_quantize(
     Hinv, damp, retries = _inverse_hessian_factor(H, dampening)
 
     codes = torch.empty(out_f, in_f, dtype=torch.int8, device=W.device)  # permuted order
+    Q = torch.empty_like(W)  # permuted order
+    pruned = torch.zeros(out_f, in_f, dtype=torch.bool, device=W.device) if prune is not None else None
     losses = torch.zeros(out_f, device=W.device)
     group_of = perm // gl  # (in,) original group of each permuted column
 
@@ -160,11 +179,14 @@ def gptq_quantize(
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        M1 = torch.zeros_like(W1, dtype=torch.bool) if prune is not None else None
         for i in range(i2 - i1):
             j = i1 + i  # permuted column index
             col = int(perm[j])  # original column index
             g = int(group_of[j])
-            if not static and col % gl == 0:
+            if M1 is not None:
+                prune(W1, torch.diag(Hinv1), i1, i, M1)
+            if quantize and not static and col % gl == 0:
                 # Lazy groups: parameters from the group's current (already error-updated) weights.
                 cur = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gl, in_f - col)]
                 s, z = group_params(cur, QuantScheme(scheme.bits, -1, scheme.symmetric), scale_dtype, mse_clip)
@@ -173,10 +195,16 @@ def gptq_quantize(
                     zero[:, g] = z[:, 0]
             w = W1[:, i]  # (out,)
             d = Hinv1[i, i]
-            s = scale[:, g].float()
-            zf = zero[:, g].float() if zero is not None else 0.0
-            q_int = torch.clamp(torch.round(w / s) + zf, scheme.qmin, scheme.qmax)
-            q = (q_int - zf) * s
+            if quantize:
+                s = scale[:, g].float()
+                zf = zero[:, g].float() if zero is not None else 0.0
+                q_int = torch.clamp(torch.round(w / s) + zf, scheme.qmin, scheme.qmax)
+                q = (q_int - zf) * s
+            else:
+                q_int, q = torch.zeros_like(w), w.clone()
+            if M1 is not None:  # pruned: exactly zero (the zero point's code dequantizes to 0)
+                q = q.masked_fill(M1[:, i], 0.0)
+                q_int = torch.where(M1[:, i], torch.as_tensor(zf if quantize else 0.0), q_int)
             codes[:, j] = q_int.to(torch.int8)
             Q1[:, i] = q
             losses += (w - q) ** 2 / d**2 / 2
@@ -184,10 +212,16 @@ def gptq_quantize(
             W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        Q[:, i1:i2] = Q1
+        if M1 is not None:
+            pruned[:, i1:i2] = M1
 
     inv = torch.argsort(perm)
-    qw = QuantizedWeight(scheme, codes[:, inv].contiguous(), scale, zero)
-    return GPTQResult(qw, damp, retries, float(losses.sum()))
+    qw = QuantizedWeight(scheme, codes[:, inv].contiguous(), scale, zero) if quantize else None
+    dense = Q[:, inv].contiguous()
+    if pruned is not None:
+        pruned = pruned[:, inv].contiguous()
+    return GPTQResult(qw, damp, retries, float(losses.sum()), dense, pruned)
 
 
 class GPTQ(Compressor):
@@ -198,6 +232,7 @@ class GPTQ(Compressor):
     summary = "GPTQ: Hessian-aware integer quantization with lazy block updates, act-order, groups of any size"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
+        from tensorpress.compressors.prune import finish_pruned_quantization, prune_hook_for
         from tensorpress.stats import collect_hessians, execution_stages
 
         cfg: GPTQConfig = self.config
@@ -213,9 +248,18 @@ class GPTQ(Compressor):
                     H = torch.eye(W.shape[1], device=W.device)
                 else:
                     H = hess.H
+                prune = prune_hook_for(work, name)  # a pruned module keeps (or, joint, selects) its mask
                 try:
                     res = gptq_quantize(
-                        W, H, scheme, work.scale_dtype, cfg.block_size, cfg.dampening, cfg.act_order, cfg.mse_clip
+                        W,
+                        H,
+                        scheme,
+                        work.scale_dtype,
+                        cfg.block_size,
+                        cfg.dampening,
+                        cfg.act_order,
+                        cfg.mse_clip,
+                        prune=prune,
                     )
                 except ValueError as e:
                     from tensorpress.errors import TensorpressError
@@ -228,3 +272,5 @@ class GPTQ(Compressor):
                     )
                 work.set_weight(name, res.qw.dequantize())
                 work.quantized[name] = res.qw
+                if prune is not None:
+                    finish_pruned_quantization(work, name, res)
