@@ -105,3 +105,19 @@ def test_gptq_on_lm_head_rejected(tiny_models, tmp_path):
 
     with pytest.raises(TensorpressError, match="cannot target lm_head"):
         tensorpress.compress(tiny_models["llama"], {"steps": [{"gptq": {}}]}, tmp_path / "x")
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_stacked_modules_sharing_a_hessian_quantize_exactly_as_separately(act_order):
+    """GPTQ.apply quantizes q/k/v (and gate/up) in one call; rows are independent given H."""
+    X = correlated_inputs(1024, 64, seed=3)
+    H = X.T @ X
+    Ws = [torch.randn(n, 64) * 0.05 for n in (32, 16, 16)]
+    scheme = QuantScheme(4, 24, False)  # 64 = 24 + 24 + 16: a short last group too
+    stacked = gptq_quantize(torch.cat(Ws), H, scheme, torch.bfloat16, block_size=16, act_order=act_order)
+    row = 0
+    for W in Ws:
+        alone = gptq_quantize(W, H, scheme, torch.bfloat16, block_size=16, act_order=act_order)
+        assert torch.equal(stacked.qw.codes[row : row + len(W)], alone.qw.codes)
+        assert torch.equal(stacked.qw.scale[row : row + len(W)], alone.qw.scale)
+        row += len(W)

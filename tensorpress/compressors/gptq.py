@@ -236,41 +236,64 @@ class GPTQ(Compressor):
         from tensorpress.stats import collect_hessians, execution_stages
 
         cfg: GPTQConfig = self.config
-        scheme = cfg.scheme()
         stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
         for stage in stages:
             hessians = collect_hessians(work, stage)
+            # Modules fed the same input (q/k/v, gate/up) share H: quantizing their stacked rows in one
+            # call gives exactly the per-module result (rows are independent given H) with one Cholesky
+            # and one column loop instead of several.
+            shared: dict[int, list[str]] = {}
             for name in stage:
                 hess = hessians.get(name)
-                W = work.weight(name)
+                plain = hess is not None and hess.n > 0 and prune_hook_for(work, name) is None
+                shared.setdefault(id(hess) if plain else id(name), []).append(name)
+            for names in shared.values():
+                hess = hessians.get(names[0])
+                Ws = [work.weight(n) for n in names]
                 if hess is None or hess.n == 0:
-                    work.notes.append(f"gptq: {name} saw no calibration tokens; quantized with RTN")
-                    H = torch.eye(W.shape[1], device=W.device)
+                    work.notes.append(f"gptq: {names[0]} saw no calibration tokens; quantized with RTN")
+                    H = torch.eye(Ws[0].shape[1], device=Ws[0].device)
                 else:
                     H = hess.H
-                prune = prune_hook_for(work, name)  # a pruned module keeps (or, joint, selects) its mask
-                try:
-                    res = gptq_quantize(
-                        W,
-                        H,
-                        scheme,
-                        work.scale_dtype,
-                        cfg.block_size,
-                        cfg.dampening,
-                        cfg.act_order,
-                        cfg.mse_clip,
-                        prune=prune,
-                    )
-                except ValueError as e:
-                    from tensorpress.errors import TensorpressError
+                prune = prune_hook_for(work, names[0]) if len(names) == 1 else None
+                res = self._quantize(work, names, torch.cat(Ws), H, prune)
+                row = 0
+                for name, W in zip(names, Ws, strict=True):
+                    rows = slice(row, row + W.shape[0])
+                    row += W.shape[0]
+                    qw = res.qw if len(names) == 1 else _rows(res.qw, rows)
+                    work.set_weight(name, qw.dequantize())
+                    work.quantized[name] = qw
+                    if prune is not None:
+                        finish_pruned_quantization(work, name, res)
 
-                    raise TensorpressError(f"gptq: {name}: {e}") from e
-                if res.retries:
-                    work.notes.append(
-                        f"gptq: {name}: Cholesky failed at dampening {cfg.dampening:g}; "
-                        f"succeeded at {res.dampening:g} after {res.retries} retr{'y' if res.retries == 1 else 'ies'}"
-                    )
-                work.set_weight(name, res.qw.dequantize())
-                work.quantized[name] = res.qw
-                if prune is not None:
-                    finish_pruned_quantization(work, name, res)
+    def _quantize(self, work: LayerWork, names: list[str], W: torch.Tensor, H: torch.Tensor, prune) -> GPTQResult:
+        cfg: GPTQConfig = self.config
+        try:
+            res = gptq_quantize(
+                W,
+                H,
+                cfg.scheme(),
+                work.scale_dtype,
+                cfg.block_size,
+                cfg.dampening,
+                cfg.act_order,
+                cfg.mse_clip,
+                prune=prune,
+            )
+        except ValueError as e:
+            from tensorpress.errors import TensorpressError
+
+            raise TensorpressError(f"gptq: {', '.join(names)}: {e}") from e
+        if res.retries:
+            work.notes.append(
+                f"gptq: {', '.join(names)}: Cholesky failed at dampening {cfg.dampening:g}; "
+                f"succeeded at {res.dampening:g} after {res.retries} retr{'y' if res.retries == 1 else 'ies'}"
+            )
+        return res
+
+
+def _rows(qw: QuantizedWeight, rows: slice) -> QuantizedWeight:
+    """The quantized weight of a block of rows (one module of a stacked call)."""
+    zero = qw.zero[rows].contiguous() if qw.zero is not None else None
+    return QuantizedWeight(qw.scheme, qw.codes[rows].contiguous(), qw.scale[rows].contiguous(), zero)
