@@ -65,7 +65,9 @@ COMPONENT_RULES: tuple[tuple[str, str], ...] = (
     ("*.weight_scale", "scales"),
     ("*.weight_zero_point", "scales"),
     ("*mask*", "masks"),
-    ("*.svd_u.*", "factors"),
+    ("*.svd_u", "factors"),
+    ("*.svd_u.*", "factors"),  # stored as M.svd_u.weight (or its packed codes, matched above)
+    ("*.svd_v", "factors"),
     ("*.svd_v.*", "factors"),
     ("*eora_a", "factors"),
     ("*eora_b", "factors"),

@@ -312,6 +312,8 @@ def test_tensor_component_table():
     assert tensor_component("model.layers.0.mlp.up_proj.weight_zero_point") == "scales"
     assert tensor_component("model.layers.0.mlp.up_proj.weight_mask") == "masks"
     assert tensor_component("model.layers.0.mlp.up_proj.svd_u") == "factors"
+    assert tensor_component("model.layers.0.mlp.up_proj.svd_u.weight") == "factors"
+    assert tensor_component("model.layers.0.mlp.up_proj.svd_v.weight_packed") == "codes"
     assert tensor_component("model.layers.0.mlp.up_proj.eora_b") == "factors"
     assert tensor_component("model.embed_tokens.weight") == "unquantized"
     assert tensor_component("model.layers.0.input_layernorm.weight") == "unquantized"
