@@ -158,6 +158,7 @@ def render_summary_html(summary: dict) -> str:
         "all runs finished and every gate passed"
         if ok
         else f"{summary.get('runs_failed', 0)} run(s) failed, {summary.get('gates_failed', 0)} gate(s) failed"
+        + (f", {len(summary['missing_runs'])} run(s) missing" if summary.get("missing_runs") else "")
     )
     body = _section("summary", "Summary", [f"<p><strong>{escape(verdict)}</strong></p>", table])
     points = [
