@@ -133,6 +133,20 @@ def outer_modules(skel: Skeleton) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def first_sample(x: torch.Tensor, kw: dict) -> tuple[torch.Tensor, dict]:
+    """The first sequence of a calibration batch with its keyword arguments (batch-sized tensors sliced)."""
+    B = x.shape[0]
+
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == B:
+            return v[:1]
+        if isinstance(v, tuple):
+            return tuple(cut(u) for u in v)
+        return v
+
+    return x[:1], {k: cut(v) for k, v in kw.items()}
+
+
 def _run_layer(layer: nn.Module, x: torch.Tensor, kw: dict) -> torch.Tensor:
     out = layer(x, **kw)
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -251,20 +265,25 @@ def _compress_layers(
             work.originals = originals
             ref = None
             if inputs:
-                with torch.no_grad():  # the uncompressed layer's update on batch 0, for the report
-                    ref = _run_layer(layer, inputs[0], kwargs_list[0]) - inputs[0]
+                x0, kw0 = first_sample(inputs[0], kwargs_list[0])
+                with torch.no_grad():  # the uncompressed layer's update on one sequence, for the report
+                    ref = _run_layer(layer, x0, kw0) - x0
             for step in rec.steps:
                 targets = [n for n in plan[step.index] if n.startswith(prefix)]
                 if targets:
+                    work.outputs = None  # only the last step's replay can have the final outputs
                     compressors[step.index].apply(work, step_targets(work, step, targets))
             if inputs:
-                x0 = inputs[0]
-                with torch.no_grad():
-                    for b, x in enumerate(inputs):
-                        inputs[b] = _run_layer(layer, x, kwargs_list[b]).detach()
+                if work.outputs is not None and len(work.outputs) == len(inputs):
+                    inputs[:] = work.outputs  # the last step's single-pass replay already ran the layer
+                else:
+                    with torch.no_grad():
+                        for b, x in enumerate(inputs):
+                            inputs[b] = _run_layer(layer, x, kwargs_list[b]).detach()
                 if ref is not None:
                     # Relative error of what the layer adds to the residual stream, same input for both.
-                    output_error[i] = float((inputs[0] - x0 - ref).norm() / ref.norm().clamp_min(1e-12))
+                    delta = inputs[0][: x0.shape[0]] - x0 - ref
+                    output_error[i] = float(delta.norm() / ref.norm().clamp_min(1e-12))
             _record(work, originals, schemes, errors, notes)
             structure.update(work.structure)
             _pack_module(writer, layer, prefix, skel, dtypes, work)

@@ -9,6 +9,9 @@ q/k/v do not pay for the attention or the MLP.
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -48,11 +51,23 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
+_STAGES: dict[tuple, list[list[str]]] = {}  # layer structure + relative targets → relative stages
+
+
 def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
     """Targets grouped by shared input, in execution order (q/k/v → o → gate/up → down for Llama).
 
-    Found by replaying one calibration batch with hooks, so it works for any architecture.
+    Found by replaying one calibration batch with hooks, so it works for any architecture; remembered
+    for layers of the same structure, so a model pays for it once rather than once per layer.
     """
+    rel = tuple(n[len(work.prefix) :] for n in targets)
+    key = (type(work.module), rel, tuple((n, type(m)) for n, m in work.module.named_modules()))
+    if key not in _STAGES:
+        _STAGES[key] = [[n[len(work.prefix) :] for n in st] for st in _find_stages(work, targets)]
+    return [[work.prefix + n for n in st] for st in _STAGES[key]]
+
+
+def _find_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
     order: list[tuple[str, int]] = []
 
     def hook_for(name: str):
@@ -130,3 +145,126 @@ def collect_hessians(work: LayerWork, names: list[str], with_abs: bool = False) 
         for h in handles:
             h.remove()
     return {n: out[leader_of[n]] for n in names if n in leader_of}
+
+
+StageHandler = Callable[[list[str], dict[str, Hessian]], None]
+
+
+class _Abort(BaseException):
+    """Unwinds a paused replay thread when the replay is abandoned."""
+
+
+def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, with_abs: bool = False) -> None:
+    """True-sequential compression of one layer in a single forward pass over the calibration set.
+
+    The reference GPTQ (and llm-compressor) replays the layer once per group of modules (q/k/v, then o,
+    then gate/up, then down) so that each group's statistics see the already-compressed groups before it,
+    and once more to propagate the compressed output to the next layer. Here every calibration batch runs
+    through the layer in its own thread, one thread at a time; each thread pauses at the first module of
+    every stage after adding its input to that stage's Hessian. When all batches have reached the stage,
+    `handle(stage, hessians)` compresses it, and the threads go on with the compressed weights. Each
+    sublayer therefore runs once, and the layer outputs that come out at the end are the compressed
+    layer's outputs: they are left in `work.outputs` so the pipeline does not run the layer again.
+
+    The cost is memory: every batch's activations at the pause point are alive at once (about
+    tokens × (2·hidden + intermediate) floats at the MLP). `true_sequential: false` is the low-memory path.
+    Stages are visited in the order the forward reaches them; a module no batch reaches is handled last
+    with empty statistics (n = 0).
+    """
+    stages = execution_stages(work, targets)
+    device = next(work.module.parameters()).device
+    stats: list[Hessian] = []
+    for stage in stages:
+        in_f = in_out(work.linear(stage[0]))[0]
+        h = Hessian(torch.zeros(in_f, in_f, device=device), members=list(stage))
+        if with_abs:
+            h.abs_sum = torch.zeros(in_f, device=device)
+        stats.append(h)
+    handled = [False] * len(stages)
+    n = work.num_batches()
+    local = threading.local()
+    go = [threading.Event() for _ in range(n)]
+    events: queue.Queue = queue.Queue()
+    abort = False
+    passed: list[set[int]] = [set() for _ in range(n)]
+    skipped: set[str] = set()
+
+    def hook_for(s: int):
+        def hook(_m: nn.Module, inp: tuple) -> None:
+            b = getattr(local, "b", None)
+            if b is None or s in passed[b]:
+                return  # a replay outside this function, or a second call within one forward
+            passed[b].add(s)
+            if handled[s]:  # reached out of the recorded order (data-dependent routing)
+                skipped.add(stages[s][0])
+                return
+            stats[s].add(inp[0].detach())
+            events.put(("pause", b, s))
+            go[b].wait()
+            go[b].clear()
+            if abort:
+                raise _Abort
+
+        return hook
+
+    def worker(b: int) -> None:
+        local.b = b
+        try:
+            with torch.no_grad():
+                out = work.module(work.calib_inputs[b], **work.calib_kwargs[b])
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            events.put(("done", b, out.detach()))
+        except _Abort:
+            events.put(("aborted", b, None))
+        except BaseException as e:  # handed to the main thread
+            events.put(("error", b, e))
+
+    threads = [threading.Thread(target=worker, args=(b,), daemon=True) for b in range(n)]
+    handles = [work.linear(stage[0]).register_forward_pre_hook(hook_for(s)) for s, stage in enumerate(stages)]
+    outputs: list[torch.Tensor | None] = [None] * n
+    paused: dict[int, int] = {}
+    try:
+        to_run = list(range(n))
+        started: set[int] = set()
+        while True:
+            for b in to_run:  # exactly one thread runs at a time
+                if b in started:
+                    go[b].set()
+                else:
+                    started.add(b)
+                    threads[b].start()
+                kind, bb, val = events.get()
+                if kind == "error":
+                    raise val
+                if kind == "pause":
+                    paused[bb] = val
+                elif kind == "done":
+                    outputs[bb] = val
+            if not paused:
+                break
+            s = min(paused.values())
+            handle(stages[s], {name: stats[s] for name in stages[s]})
+            handled[s] = True
+            to_run = sorted(b for b, st in paused.items() if st == s)
+            for b in to_run:
+                del paused[b]
+        for s, stage in enumerate(stages):
+            if not handled[s]:
+                handle(stage, {name: stats[s] for name in stage})
+                handled[s] = True
+    except BaseException:
+        abort = True
+        for b in paused:
+            go[b].set()
+        for b in paused:
+            threads[b].join()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    if skipped:
+        work.notes.append(
+            f"layer {work.index}: {', '.join(sorted(skipped))} reached out of order by some batches; their inputs "
+            "were not in the statistics (use true_sequential: false for data-dependent routing)"
+        )
+    work.outputs = [o for o in outputs if o is not None] if all(o is not None for o in outputs) else None

@@ -104,6 +104,9 @@ class LayerWork:
     eora: dict[str, Any] = field(default_factory=dict)
     structure: dict[str, dict] = field(default_factory=dict)
     originals: dict[str, torch.Tensor] = field(default_factory=dict)  # full name → weight before any step
+    # The compressed layer's outputs per calibration batch, when a step's replay already computed them
+    # (see stats.staged_replay); any later weight change clears them, and the pipeline then reruns the layer.
+    outputs: list[torch.Tensor] | None = None
 
     def num_batches(self) -> int:
         return len(self.calib_inputs)
@@ -130,6 +133,7 @@ class LayerWork:
 
     def set_weight(self, full_name: str, w: torch.Tensor) -> None:
         set_weight(self.linear(full_name), w)
+        self.outputs = None
 
 
 class Compressor:

@@ -63,25 +63,29 @@ class EoRA(Compressor):
         return None
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, execution_stages
+        from tensorpress.stats import collect_hessians, staged_replay
 
+        if self.config.true_sequential:
+            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
+        else:
+            self._stage(work, targets, collect_hessians(work, targets))
+
+    def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
+        """Add the rank-r correction to each module of one group, in its inputs' eigenspace."""
         cfg: EoRAConfig = self.config
-        stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
-        for stage in stages:
-            hessians = collect_hessians(work, stage)
-            for name in stage:
-                hess = hessians.get(name)
-                W_hat = work.weight(name)
-                dW = work.originals[name].float() - W_hat
-                H = hess.H if hess is not None and hess.n else torch.eye(W_hat.shape[1])
-                B, A = eora_factors(dW, H, cfg.rank, cfg.eps)
-                corr = self._store(B.float(), A.float(), work.scale_dtype)
-                work.set_weight(name, W_hat + corr.b @ corr.a)
-                work.eora[name] = corr
-                desc = {"rank": int(B.shape[1])}
-                if cfg.bits is not None:
-                    desc.update(bits=cfg.bits, group_size=cfg.group_size, symmetric=True)
-                work.structure.setdefault(name, {})["eora"] = desc
+        for name in stage:
+            hess = hessians.get(name)
+            W_hat = work.weight(name)
+            dW = work.originals[name].float() - W_hat
+            H = hess.H if hess is not None and hess.n else torch.eye(W_hat.shape[1])
+            B, A = eora_factors(dW, H, cfg.rank, cfg.eps)
+            corr = self._store(B.float(), A.float(), work.scale_dtype)
+            work.set_weight(name, W_hat + corr.b @ corr.a)
+            work.eora[name] = corr
+            desc = {"rank": int(B.shape[1])}
+            if cfg.bits is not None:
+                desc.update(bits=cfg.bits, group_size=cfg.group_size, symmetric=True)
+            work.structure.setdefault(name, {})["eora"] = desc
 
     def _store(self, B: torch.Tensor, A: torch.Tensor, dtype: torch.dtype) -> EoRACorrection:
         """The factors as the loader will see them (rounded to the checkpoint dtype, or quantized)."""

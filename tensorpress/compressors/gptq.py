@@ -232,40 +232,44 @@ class GPTQ(Compressor):
     summary = "GPTQ: Hessian-aware integer quantization with lazy block updates, act-order, groups of any size"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.compressors.prune import finish_pruned_quantization, prune_hook_for
-        from tensorpress.stats import collect_hessians, execution_stages
+        from tensorpress.stats import collect_hessians, staged_replay
 
-        cfg: GPTQConfig = self.config
-        stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
-        for stage in stages:
-            hessians = collect_hessians(work, stage)
-            # Modules fed the same input (q/k/v, gate/up) share H: quantizing their stacked rows in one
-            # call gives exactly the per-module result (rows are independent given H) with one Cholesky
-            # and one column loop instead of several.
-            shared: dict[int, list[str]] = {}
-            for name in stage:
-                hess = hessians.get(name)
-                plain = hess is not None and hess.n > 0 and prune_hook_for(work, name) is None
-                shared.setdefault(id(hess) if plain else id(name), []).append(name)
-            for names in shared.values():
-                hess = hessians.get(names[0])
-                Ws = [work.weight(n) for n in names]
-                if hess is None or hess.n == 0:
-                    work.notes.append(f"gptq: {names[0]} saw no calibration tokens; quantized with RTN")
-                    H = torch.eye(Ws[0].shape[1], device=Ws[0].device)
-                else:
-                    H = hess.H
-                prune = prune_hook_for(work, names[0]) if len(names) == 1 else None
-                res = self._quantize(work, names, torch.cat(Ws), H, prune)
-                row = 0
-                for name, W in zip(names, Ws, strict=True):
-                    rows = slice(row, row + W.shape[0])
-                    row += W.shape[0]
-                    qw = res.qw if len(names) == 1 else _rows(res.qw, rows)
-                    work.set_weight(name, qw.dequantize())
-                    work.quantized[name] = qw
-                    if prune is not None:
-                        finish_pruned_quantization(work, name, res)
+        if self.config.true_sequential:
+            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
+        else:
+            self._stage(work, targets, collect_hessians(work, targets))
+
+    def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
+        """Quantize one group of modules against their (shared) Hessians."""
+        from tensorpress.compressors.prune import finish_pruned_quantization, prune_hook_for
+
+        # Modules fed the same input (q/k/v, gate/up) share H: quantizing their stacked rows in one
+        # call gives exactly the per-module result (rows are independent given H) with one Cholesky
+        # and one column loop instead of several.
+        shared: dict[int, list[str]] = {}
+        for name in stage:
+            hess = hessians.get(name)
+            plain = hess is not None and hess.n > 0 and prune_hook_for(work, name) is None
+            shared.setdefault(id(hess) if plain else id(name), []).append(name)
+        for names in shared.values():
+            hess = hessians.get(names[0])
+            Ws = [work.weight(n) for n in names]
+            if hess is None or hess.n == 0:
+                work.notes.append(f"gptq: {names[0]} saw no calibration tokens; quantized with RTN")
+                H = torch.eye(Ws[0].shape[1], device=Ws[0].device)
+            else:
+                H = hess.H
+            prune = prune_hook_for(work, names[0]) if len(names) == 1 else None
+            res = self._quantize(work, names, torch.cat(Ws), H, prune)
+            row = 0
+            for name, W in zip(names, Ws, strict=True):
+                rows = slice(row, row + W.shape[0])
+                row += W.shape[0]
+                qw = res.qw if len(names) == 1 else _rows(res.qw, rows)
+                work.set_weight(name, qw.dequantize())
+                work.quantized[name] = qw
+                if prune is not None:
+                    finish_pruned_quantization(work, name, res)
 
     def _quantize(self, work: LayerWork, names: list[str], W: torch.Tensor, H: torch.Tensor, prune) -> GPTQResult:
         cfg: GPTQConfig = self.config

@@ -93,7 +93,7 @@ class Prune(Compressor):
         return self.layer_sparsity.get(layer, cfg.sparsity)
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, execution_stages
+        from tensorpress.stats import collect_hessians, execution_stages, staged_replay
 
         cfg: PruneConfig = self.config
         s = self.sparsity_for(work.index)
@@ -114,24 +114,32 @@ class Prune(Compressor):
                 W = work.weight(name)
                 self._record(work, name, W * magnitude_keep(W, s, nm), magnitude_keep(W, s, nm), nm)
             return
+        if cfg.method == "sparsegpt" and cfg.true_sequential:
+            staged_replay(work, targets, lambda stage, stats: self._stage(work, stage, stats, s, nm))
+            return
         stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
         for stage in stages:
             # Wanda needs only Σ x_j² per input (diag H): far cheaper than the full Hessian SparseGPT needs.
             stats = input_sq_sums(work, stage) if cfg.method == "wanda" else collect_hessians(work, stage)
-            for name in stage:
-                W = work.weight(name)
-                st = stats.get(name)
-                if st is None or (cfg.method != "wanda" and st.n == 0):
-                    work.notes.append(f"prune: {name} saw no calibration tokens; pruned by magnitude")
-                    keep = magnitude_keep(W, s, nm)
-                    self._record(work, name, W * keep, keep, nm)
-                    continue
-                if cfg.method == "wanda":
-                    keep = wanda_keep(W, st, s, nm)
-                    self._record(work, name, W * keep, keep, nm)
-                    continue
-                res = sparsegpt_prune(W, st.H, s, nm, cfg.block_size, cfg.dampening, name)
-                self._record(work, name, res[0], res[1], nm)
+            self._stage(work, stage, stats, s, nm)
+
+    def _stage(self, work: LayerWork, stage: list[str], stats: dict, s: float, nm) -> None:
+        """Prune one group of modules from their statistics (Σx² for Wanda, H for SparseGPT)."""
+        cfg: PruneConfig = self.config
+        for name in stage:
+            W = work.weight(name)
+            st = stats.get(name)
+            if st is None or (cfg.method != "wanda" and st.n == 0):
+                work.notes.append(f"prune: {name} saw no calibration tokens; pruned by magnitude")
+                keep = magnitude_keep(W, s, nm)
+                self._record(work, name, W * keep, keep, nm)
+                continue
+            if cfg.method == "wanda":
+                keep = wanda_keep(W, st, s, nm)
+                self._record(work, name, W * keep, keep, nm)
+                continue
+            res = sparsegpt_prune(W, st.H, s, nm, cfg.block_size, cfg.dampening, name)
+            self._record(work, name, res[0], res[1], nm)
 
     def _record(self, work: LayerWork, name: str, W: torch.Tensor, keep: torch.Tensor, nm) -> None:
         W = W.to(work.scale_dtype).float().masked_fill(~keep, 0.0)  # the values that will be stored

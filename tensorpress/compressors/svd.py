@@ -102,29 +102,34 @@ class SVD(Compressor):
     summary = "low-rank factors W ≈ U·V (plain SVD or SVD-LLM whitened), two Linears per module"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, execution_stages
+        from tensorpress.stats import collect_hessians, staged_replay
 
         cfg: SVDConfig = self.config
         if cfg.method == "plain":
             for name in targets:
                 self._factorize(work, name, None)
             return
-        stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
-        for stage in stages:
-            hessians = collect_hessians(work, stage)
-            for name in stage:
-                hess = hessians.get(name)
-                if hess is None or hess.n == 0:
-                    work.notes.append(f"svd: {name} saw no calibration tokens; plain SVD")
-                    self._factorize(work, name, None)
-                    continue
-                try:
-                    S, rel = whitening(hess.H, cfg.shift)
-                except ValueError as e:
-                    raise TensorpressError(f"svd: {name}: {e}") from e
-                if rel:
-                    work.notes.append(f"svd: {name}: H not positive definite; diagonal shifted by {rel:g}·mean")
-                self._factorize(work, name, S)
+        if cfg.true_sequential:
+            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
+        else:
+            self._stage(work, targets, collect_hessians(work, targets))
+
+    def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
+        """Factorize each module of one group, whitened by its inputs' Hessian."""
+        cfg: SVDConfig = self.config
+        for name in stage:
+            hess = hessians.get(name)
+            if hess is None or hess.n == 0:
+                work.notes.append(f"svd: {name} saw no calibration tokens; plain SVD")
+                self._factorize(work, name, None)
+                continue
+            try:
+                S, rel = whitening(hess.H, cfg.shift)
+            except ValueError as e:
+                raise TensorpressError(f"svd: {name}: {e}") from e
+            if rel:
+                work.notes.append(f"svd: {name}: H not positive definite; diagonal shifted by {rel:g}·mean")
+            self._factorize(work, name, S)
 
     def _factorize(self, work: LayerWork, name: str, S: torch.Tensor | None) -> None:
         cfg: SVDConfig = self.config

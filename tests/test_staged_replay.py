@@ -1,0 +1,72 @@
+"""Single-pass true-sequential replay: same statistics and codes as replaying the layer once per stage."""
+
+import threading
+
+import pytest
+import torch
+
+from tensorpress.compressors.gptq import GPTQ, GPTQConfig
+from tensorpress.stats import collect_hessians, execution_stages, staged_replay
+from tests.test_awq import layer_work, targets_of
+
+
+def forward_all(work) -> list[torch.Tensor]:
+    outs = []
+    with torch.no_grad():
+        for x, kw in zip(work.calib_inputs, work.calib_kwargs, strict=True):
+            o = work.module(x, **kw)
+            outs.append(o[0] if isinstance(o, tuple) else o)
+    return outs
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "qwen2", "mistral"])
+def test_single_pass_matches_one_replay_per_stage(arch):
+    gptq = GPTQ(GPTQConfig(bits=3, group_size=32, actorder="static"))
+    fast, _ = layer_work(arch)
+    slow, _ = layer_work(arch)
+    targets = targets_of(fast)
+
+    gptq.apply(fast, targets)  # true_sequential: the threaded single pass
+    for stage in execution_stages(slow, targets):  # the reference: collect, quantize, replay again
+        gptq._stage(slow, stage, collect_hessians(slow, stage))
+
+    assert len(execution_stages(slow, targets)) >= 3  # really sequential (attention in, out, MLP …)
+    for name in targets:
+        assert torch.equal(fast.quantized[name].codes, slow.quantized[name].codes), name
+        assert torch.equal(fast.quantized[name].scale, slow.quantized[name].scale), name
+    assert fast.outputs is not None and len(fast.outputs) == len(fast.calib_inputs)
+    for got, want in zip(fast.outputs, forward_all(slow), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_stage_handlers_see_earlier_stages_compressed():
+    """The o_proj statistics must come from attention computed with the already-changed q/k/v."""
+    work, _ = layer_work("llama")
+    targets = targets_of(work)
+    seen: dict[str, torch.Tensor] = {}
+
+    def handle(stage, hessians):
+        seen[stage[0]] = hessians[stage[0]].H.clone()
+        for name in stage:  # a drastic change: zero every weight of the stage
+            work.set_weight(name, torch.zeros_like(work.weight(name)))
+
+    staged_replay(work, targets, handle)
+    o_proj = work.prefix + "self_attn.o_proj"
+    assert torch.count_nonzero(seen[o_proj]) == 0  # zero v_proj → zero attention output → H = 0
+    for out, x in zip(work.outputs, work.calib_inputs, strict=True):  # every weight zero: output = input
+        assert torch.equal(out, x)
+
+
+def test_failing_handler_unwinds_every_thread_and_removes_hooks():
+    work, layer = layer_work("llama")
+    targets = targets_of(work)
+    before = threading.active_count()
+
+    def handle(stage, hessians):
+        raise ValueError(f"boom at {stage[0]}")
+
+    with pytest.raises(ValueError, match=r"boom at .*q_proj"):
+        staged_replay(work, targets, handle)
+    assert threading.active_count() == before
+    assert all(not m._forward_pre_hooks for m in layer.modules())
+    assert work.outputs is None
