@@ -167,61 +167,72 @@ def gptq_quantize(
     H = H[perm][:, perm]
     Hinv, damp, retries = _inverse_hessian_factor(H, dampening)
 
-    codes = torch.empty(out_f, in_f, dtype=torch.int8, device=W.device)  # permuted order
-    Q = torch.empty_like(W)  # permuted order
-    pruned = torch.zeros(out_f, in_f, dtype=torch.bool, device=W.device) if prune is not None else None
-    losses = torch.zeros(out_f, device=W.device)
+    # The sweep works on Wᵀ (in, out): column j of W is the contiguous row j, so every per-column read and
+    # rank-1 update touches contiguous memory (the reference's (out, in) layout reads strided columns).
+    WT = W.t().contiguous()  # (in, out), permuted column order
     group_of = perm // gl  # (in,) original group of each permuted column
+    S_p = Z_p = None
+    if quantize and static:  # per-column scale/zero in permuted order, gathered once
+        S_p = scale.float()[:, group_of].t().contiguous()  # (in, out)
+        Z_p = zero.float()[:, group_of].t().contiguous() if zero is not None else None
+    codesT = torch.empty(in_f, out_f, dtype=torch.int8, device=W.device)  # permuted order
+    QT = torch.empty_like(WT)
+    prunedT = torch.zeros(in_f, out_f, dtype=torch.bool, device=W.device) if prune is not None else None
+    loss = torch.zeros((), device=W.device)
+    perm_l, group_l = perm.tolist(), group_of.tolist()
 
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
-        W1 = W[:, i1:i2].clone()  # (out, count)
+        W1 = WT[i1:i2].clone()  # (count, out)
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         M1 = torch.zeros_like(W1, dtype=torch.bool) if prune is not None else None
         for i in range(i2 - i1):
             j = i1 + i  # permuted column index
-            col = int(perm[j])  # original column index
-            g = int(group_of[j])
-            if M1 is not None:
-                prune(W1, torch.diag(Hinv1), i1, i, M1)
+            col, g = perm_l[j], group_l[j]  # original column index, its group
+            if M1 is not None:  # the hook sees the (out, count) layout
+                prune(W1.t(), torch.diag(Hinv1), i1, i, M1.t())
             if quantize and not static and col % gl == 0:
                 # Lazy groups: parameters from the group's current (already error-updated) weights.
-                cur = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gl, in_f - col)]
-                s, z = group_params(cur, QuantScheme(scheme.bits, -1, scheme.symmetric), scale_dtype, mse_clip)
-                scale[:, g] = s[:, 0]
+                cur = torch.cat([W1[i:], WT[i2:]], dim=0)[: min(gl, in_f - col)].t()
+                sc, z = group_params(cur, QuantScheme(scheme.bits, -1, scheme.symmetric), scale_dtype, mse_clip)
+                scale[:, g] = sc[:, 0]
                 if zero is not None:
                     zero[:, g] = z[:, 0]
-            w = W1[:, i]  # (out,)
+            w = W1[i]  # (out,)
             d = Hinv1[i, i]
+            zf = 0.0
             if quantize:
-                s = scale[:, g].float()
-                zf = zero[:, g].float() if zero is not None else 0.0
-                q_int = torch.clamp(torch.round(w / s) + zf, scheme.qmin, scheme.qmax)
-                q = (q_int - zf) * s
+                if S_p is not None:
+                    sc = S_p[j]
+                    zf = Z_p[j] if Z_p is not None else 0.0
+                else:
+                    sc = scale[:, g].float()
+                    zf = zero[:, g].float() if zero is not None else 0.0
+                q_int = torch.clamp(torch.round(w / sc) + zf, scheme.qmin, scheme.qmax)
+                q = (q_int - zf) * sc
             else:
                 q_int, q = torch.zeros_like(w), w.clone()
             if M1 is not None:  # pruned: exactly zero (the zero point's code dequantizes to 0)
-                q = q.masked_fill(M1[:, i], 0.0)
-                q_int = torch.where(M1[:, i], torch.as_tensor(zf if quantize else 0.0), q_int)
-            codes[:, j] = q_int.to(torch.int8)
-            Q1[:, i] = q
-            losses += (w - q) ** 2 / d**2 / 2
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-        Q[:, i1:i2] = Q1
+                q = q.masked_fill(M1[i], 0.0)
+                q_int = torch.where(M1[i], torch.as_tensor(zf), q_int)
+            codesT[j] = q_int
+            Q1[i] = q
+            err1 = (w - q) / d  # (out,)
+            W1[i:].addr_(Hinv1[i, i:], err1, alpha=-1)  # W1[i:] -= Hinv1[i, i:] ⊗ err1
+            Err1[i] = err1
+        WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)  # lazy batch update of the later columns
+        QT[i1:i2] = Q1
+        loss += Err1.square().sum() / 2  # Σ (w - q)² / [H⁻¹]_jj² / 2
         if M1 is not None:
-            pruned[:, i1:i2] = M1
+            prunedT[i1:i2] = M1
 
     inv = torch.argsort(perm)
-    qw = QuantizedWeight(scheme, codes[:, inv].contiguous(), scale, zero) if quantize else None
-    dense = Q[:, inv].contiguous()
-    if pruned is not None:
-        pruned = pruned[:, inv].contiguous()
-    return GPTQResult(qw, damp, retries, float(losses.sum()), dense, pruned)
+    qw = QuantizedWeight(scheme, codesT[inv].t().contiguous(), scale, zero) if quantize else None
+    dense = QT[inv].t().contiguous()
+    pruned = prunedT[inv].t().contiguous() if prunedT is not None else None
+    return GPTQResult(qw, damp, retries, float(loss), dense, pruned)
 
 
 class GPTQ(Compressor):
