@@ -70,3 +70,18 @@ def test_failing_handler_unwinds_every_thread_and_removes_hooks():
     assert threading.active_count() == before
     assert all(not m._forward_pre_hooks for m in layer.modules())
     assert work.outputs is None
+
+
+@pytest.mark.parametrize("d", [40, 1100])  # plain addmm below 1024 inputs, block upper triangle above
+def test_gram_accumulation_is_symmetric_and_exact(d):
+    from tensorpress.stats import accumulate_gram
+
+    torch.manual_seed(0)
+    H = torch.zeros(d, d)
+    ref = torch.zeros(d, d, dtype=torch.float64)
+    for _ in range(3):
+        x = torch.randn(200, d)
+        accumulate_gram(H, x)
+        ref += x.double().T @ x.double()
+    assert torch.equal(H, H.T)
+    assert float((H.double() - ref).abs().max() / ref.abs().max()) < 1e-6
