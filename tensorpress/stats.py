@@ -287,3 +287,12 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
             "were not in the statistics (use true_sequential: false for data-dependent routing)"
         )
     work.outputs = [o for o in outputs if o is not None] if all(o is not None for o in outputs) else None
+
+
+def compress_by_stage(work: LayerWork, targets: list[str], handle: StageHandler, true_sequential: bool) -> None:
+    """Call `handle(stage, hessians)` for the layer's targets: stage by stage in one pass (`staged_replay`)
+    when true-sequential, else once for all targets with Hessians of the uncompressed layer."""
+    if true_sequential:
+        staged_replay(work, targets, handle)
+    else:
+        handle(targets, collect_hessians(work, targets))

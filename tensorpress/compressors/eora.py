@@ -9,6 +9,7 @@ so ΔW Q' is truncated by SVD (U_r Σ_r V_rᵀ) and mapped back: B = U_r Σ_r (o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -63,12 +64,9 @@ class EoRA(Compressor):
         return None
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, staged_replay
+        from tensorpress.stats import compress_by_stage
 
-        if self.config.true_sequential:
-            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
-        else:
-            self._stage(work, targets, collect_hessians(work, targets))
+        compress_by_stage(work, targets, partial(self._stage, work), self.config.true_sequential)
 
     def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
         """Add the rank-r correction to each module of one group, in its inputs' eigenspace."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -243,12 +244,9 @@ class GPTQ(Compressor):
     summary = "GPTQ: Hessian-aware integer quantization with lazy block updates, act-order, groups of any size"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, staged_replay
+        from tensorpress.stats import compress_by_stage
 
-        if self.config.true_sequential:
-            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
-        else:
-            self._stage(work, targets, collect_hessians(work, targets))
+        compress_by_stage(work, targets, partial(self._stage, work), self.config.true_sequential)
 
     def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
         """Quantize one group of modules against their (shared) Hessians."""

@@ -10,6 +10,7 @@ Wanda/magnitude mask is kept by a later GPTQ (its sweep never revives a pruned w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -93,7 +94,7 @@ class Prune(Compressor):
         return self.layer_sparsity.get(layer, cfg.sparsity)
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, execution_stages, staged_replay
+        from tensorpress.stats import compress_by_stage, execution_stages
 
         cfg: PruneConfig = self.config
         s = self.sparsity_for(work.index)
@@ -114,14 +115,12 @@ class Prune(Compressor):
                 W = work.weight(name)
                 self._record(work, name, W * magnitude_keep(W, s, nm), magnitude_keep(W, s, nm), nm)
             return
-        if cfg.method == "sparsegpt" and cfg.true_sequential:
-            staged_replay(work, targets, lambda stage, stats: self._stage(work, stage, stats, s, nm))
+        if cfg.method == "sparsegpt":
+            compress_by_stage(work, targets, partial(self._stage, work, s=s, nm=nm), cfg.true_sequential)
             return
-        stages = execution_stages(work, targets) if cfg.true_sequential else [targets]
-        for stage in stages:
-            # Wanda needs only Σ x_j² per input (diag H): far cheaper than the full Hessian SparseGPT needs.
-            stats = input_sq_sums(work, stage) if cfg.method == "wanda" else collect_hessians(work, stage)
-            self._stage(work, stage, stats, s, nm)
+        # Wanda needs only Σ x_j² per input (diag H): far cheaper than the full Hessian SparseGPT needs.
+        for stage in execution_stages(work, targets) if cfg.true_sequential else [targets]:
+            self._stage(work, stage, input_sq_sums(work, stage), s, nm)
 
     def _stage(self, work: LayerWork, stage: list[str], stats: dict, s: float, nm) -> None:
         """Prune one group of modules from their statistics (Σx² for Wanda, H for SparseGPT)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -102,17 +103,14 @@ class SVD(Compressor):
     summary = "low-rank factors W ≈ U·V (plain SVD or SVD-LLM whitened), two Linears per module"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians, staged_replay
+        from tensorpress.stats import compress_by_stage
 
         cfg: SVDConfig = self.config
         if cfg.method == "plain":
             for name in targets:
                 self._factorize(work, name, None)
             return
-        if cfg.true_sequential:
-            staged_replay(work, targets, lambda stage, hessians: self._stage(work, stage, hessians))
-        else:
-            self._stage(work, targets, collect_hessians(work, targets))
+        compress_by_stage(work, targets, partial(self._stage, work), cfg.true_sequential)
 
     def _stage(self, work: LayerWork, stage: list[str], hessians: dict) -> None:
         """Factorize each module of one group, whitened by its inputs' Hessian."""
