@@ -286,7 +286,7 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
             f"layer {work.index}: {', '.join(sorted(skipped))} reached out of order by some batches; their inputs "
             "were not in the statistics (use true_sequential: false for data-dependent routing)"
         )
-    work.outputs = [o for o in outputs if o is not None] if all(o is not None for o in outputs) else None
+    work.outputs = outputs if all(o is not None for o in outputs) else None  # type: ignore[assignment]
 
 
 def compress_by_stage(work: LayerWork, targets: list[str], handle: StageHandler, true_sequential: bool) -> None:
