@@ -69,6 +69,11 @@ def layer_bytes_ratio(folder: Path, module: str) -> float:
     return sum(i.nbytes for i in parts) / (2 * out_f * in_f)
 
 
+def in_method_order(rows: list[dict]) -> list[dict]:
+    order = list(methods())
+    return sorted(rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+
+
 def base_metrics(ref: BaseReference, tokens) -> dict:
     """The base's own perplexity from its cached log-probs."""
     nll = sum(token_nll(ref.logp(i, i + 1), tokens[i : i + 1]) for i in range(len(tokens)))
@@ -83,7 +88,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=48)
     ap.add_argument("--only", default="", help="comma-separated method names")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (outputs, base-logit cache)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="also write the rows here; rows of other methods already in it are kept"
+    )
     args = ap.parse_args()
     sample = ensure_sample()
     work = args.work or Path(tempfile.mkdtemp(prefix="tp-structure-"))
@@ -94,6 +101,9 @@ def main() -> None:
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
     rows = []
+    kept = []  # rows of methods not run now, from an earlier invocation against the same base
+    if args.json and args.json.exists():
+        kept = [r for r in json.loads(args.json.read_text())["rows"] if r["method"] not in todo]
     t0 = time.perf_counter()
     ref = BaseReference.compute(sample.model, tokens, cache / "base-logp.npy")  # the base runs once
     base = base_metrics(ref, tokens)
@@ -123,8 +133,12 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:
-            args.json.write_text(json.dumps({"base": base, "dense_bytes": dense_bytes, "rows": rows}, indent=2))
+            doc = {"base": base, "dense_bytes": dense_bytes, "rows": in_method_order(kept + rows)}
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=2))
+            tmp.replace(args.json)
         shutil.rmtree(out, ignore_errors=True)
+    rows = in_method_order(kept + rows)  # the table shows earlier invocations' rows too
     print()
     print(f"SmolLM2-135M-Instruct, calib {args.samples}×{args.seqlen} kjv:calib, eval {args.windows}×{args.seqlen}")
     print(f"kjv:eval ({base['tokens']} tokens); base ppl {base['ppl']:.3f}, {dense_bytes / 2**20:.1f} MiB")
