@@ -74,8 +74,18 @@ def _order_error(step, kind: str, done: list) -> str | None:
 
 
 def link_steps(recipe, plan: dict[int, list[str]], compressors: dict) -> None:
-    """Joint SparseGPT + GPTQ: a sparsegpt prune defers to the gptq step that follows on the module."""
+    """Joint SparseGPT + GPTQ: a sparsegpt prune defers to the gptq step that follows on the module.
+    AWQ runs its search inside the pass of a true-sequential gptq right after it on the same modules."""
     for step in recipe.steps:
+        if step.name == "awq" and step.index + 1 < len(recipe.steps):
+            nxt = recipe.steps[step.index + 1]
+            compressors[step.index].fuse = (
+                step.config.fused
+                and step.config.objective == "linear"
+                and nxt.name == "gptq"
+                and nxt.config.true_sequential
+                and plan[nxt.index] == plan[step.index]
+            )
         if step.name != "prune" or step.config.method != "sparsegpt":
             continue
         later = [s for s in recipe.steps[step.index + 1 :] if s.name == "gptq"]

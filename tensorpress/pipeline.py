@@ -273,6 +273,8 @@ def _compress_layers(
                 if targets:
                     work.outputs = None  # only the last step's replay can have the final outputs
                     compressors[step.index].apply(work, step_targets(work, step, targets))
+            if work.before_stage:
+                raise RuntimeError(f"internal: layer {i}: a fused step was left without the pass to run in")
             if inputs:
                 if work.outputs is not None and len(work.outputs) == len(inputs):
                     inputs[:] = work.outputs  # the last step's single-pass replay already ran the layer

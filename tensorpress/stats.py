@@ -73,14 +73,20 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 _STAGES: dict[tuple, list[list[str]]] = {}  # layer structure + relative targets → relative stages
 
 
+def structure_key(work: LayerWork, targets: list[str]) -> tuple:
+    """Identifies a layer's structure and its relative targets: facts found by replaying one layer
+    (stage order, which norm feeds which Linear) hold for every layer with the same key."""
+    rel = tuple(n[len(work.prefix) :] for n in targets)
+    return (type(work.module), rel, tuple((n, type(m)) for n, m in work.module.named_modules()))
+
+
 def execution_stages(work: LayerWork, targets: list[str]) -> list[list[str]]:
     """Targets grouped by shared input, in execution order (q/k/v → o → gate/up → down for Llama).
 
     Found by replaying one calibration batch with hooks, so it works for any architecture; remembered
     for layers of the same structure, so a model pays for it once rather than once per layer.
     """
-    rel = tuple(n[len(work.prefix) :] for n in targets)
-    key = (type(work.module), rel, tuple((n, type(m)) for n, m in work.module.named_modules()))
+    key = structure_key(work, targets)
     if key not in _STAGES:
         _STAGES[key] = [[n[len(work.prefix) :] for n in st] for st in _find_stages(work, targets)]
     return [[work.prefix + n for n in st] for st in _STAGES[key]]
@@ -189,8 +195,13 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
     tokens × (2·hidden + intermediate) floats at the MLP). `true_sequential: false` is the low-memory path.
     Stages are visited in the order the forward reaches them; a module no batch reaches is handled last
     with empty statistics (n = 0).
+
+    Functions in `work.before_stage` (left there by the step before, see AWQ) run before each `handle`
+    with the stage's paused inputs, which they may change in place; they are consumed by this call.
     """
     stages = execution_stages(work, targets)
+    before, work.before_stage = work.before_stage, []
+    with_abs = with_abs or bool(before)
     device = next(work.module.parameters()).device
     stats: list[Hessian] = []
     for stage in stages:
@@ -206,6 +217,7 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
     events: queue.Queue = queue.Queue()
     abort = False
     passed: list[set[int]] = [set() for _ in range(n)]
+    held: dict[int, torch.Tensor] = {}  # batch → its input to the stage it is paused at
     skipped: set[str] = set()
 
     def hook_for(s: int):
@@ -218,6 +230,8 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
                 skipped.add(stages[s][0])
                 return
             stats[s].add(inp[0].detach())
+            if before:
+                held[b] = inp[0]
             events.put(("pause", b, s))
             go[b].wait()
             go[b].clear()
@@ -262,14 +276,20 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
             if not paused:
                 break
             s = min(paused.values())
-            handle(stages[s], {name: stats[s] for name in stages[s]})
-            handled[s] = True
             to_run = sorted(b for b, st in paused.items() if st == s)
+            hessians = {name: stats[s] for name in stages[s]}
+            for f in before:
+                f(stages[s], hessians, [held.pop(b) for b in to_run if b in held])
+            handle(stages[s], hessians)
+            handled[s] = True
             for b in to_run:
                 del paused[b]
         for s, stage in enumerate(stages):
             if not handled[s]:
-                handle(stage, {name: stats[s] for name in stage})
+                hessians = {name: stats[s] for name in stage}
+                for f in before:
+                    f(stage, hessians, [])
+                handle(stage, hessians)
                 handled[s] = True
     except BaseException:
         abort = True

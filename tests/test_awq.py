@@ -145,3 +145,105 @@ def test_awq_rtn_pipeline_beats_rtn(tiny_models, text_file, tmp_path, arch):
         )
         scores[name] = res.report["kl"]
     assert scores["awq"] < scores["rtn"], scores
+
+
+# ------------------------------------------------------------------- fused into gptq's single pass
+
+
+def fused_awq(work: LayerWork, targets: list[str], bits: int = 3) -> AWQ:
+    """An AWQ step set up as the pipeline sets it up before a true-sequential gptq on the same modules."""
+    from tensorpress.composition import link_steps
+
+    recipe = load_recipe({"steps": [{"awq": {}}, {"gptq": {"bits": bits, "group_size": 32}}]})
+    awq = AWQ(recipe.steps[0].config)
+    awq.prepare(recipe, recipe.steps[0])
+    link_steps(recipe, {0: targets, 1: targets}, {0: awq, 1: None})
+    assert awq.fuse
+    awq.apply(work, targets)
+    assert len(work.before_stage) == 1, work.notes  # nothing ran yet: the search waits for the pass
+    return awq
+
+
+def forward_all(work: LayerWork) -> list[torch.Tensor]:
+    with torch.no_grad():
+        outs = [work.module(x, **kw) for x, kw in zip(work.calib_inputs, work.calib_kwargs, strict=True)]
+    return [o[0] if isinstance(o, tuple) else o for o in outs]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "opt", "gpt2"])
+def test_fused_awq_keeps_the_function_and_hands_on_exact_statistics(arch):
+    """With a handler that compresses nothing, the pass must end with the original outputs although the
+    weights were rescaled mid-pass, and every Hessian handed on must be that of the inputs as rescaled."""
+    from tensorpress.stats import collect_hessians, staged_replay
+
+    work, layer = layer_work(arch)
+    targets = targets_of(work)
+    ref = forward_all(work)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    fused_awq(work, targets)
+    seen = {}
+    staged_replay(work, targets, lambda stage, hessians: seen.update({n: hessians[n].H.clone() for n in stage}))
+    for got, want in zip(work.outputs, ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    changed = [k for k, v in layer.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("norm" in k or "ln_" in k for k in changed), changed
+    after = collect_hessians(work, targets)  # the final (scaled) layer's own statistics
+    for n in targets:
+        torch.testing.assert_close(seen[n], after[n].H, rtol=1e-3, atol=1e-3 * float(after[n].H.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_awq_folds_into_quantized_producers_consistently(arch):
+    """v→o and up→down fold into v/up after gptq quantized them: their records must still decode to the
+    weights the layer computes with, and the pass's outputs must be the final layer's outputs."""
+    from tensorpress.compressors.gptq import GPTQ, GPTQConfig
+
+    work, _ = layer_work(arch)
+    targets = targets_of(work)
+    fused_awq(work, targets)
+    GPTQ(GPTQConfig(bits=3, group_size=32)).apply(work, targets)
+    assert not work.before_stage
+    for n in targets:
+        torch.testing.assert_close(work.quantized[n].dequantize(), work.weight(n), rtol=0, atol=0)
+    for got, want in zip(work.outputs, forward_all(work), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_awq_beats_gptq_alone_and_skips_its_own_forward(monkeypatch):
+    from tensorpress.compressors import awq as awq_mod
+    from tensorpress.compressors.gptq import GPTQ, GPTQConfig
+
+    def err(work, ref):
+        return sum(float((o - r).pow(2).sum()) for o, r in zip(work.outputs, ref, strict=True))
+
+    plain, _ = layer_work("llama")
+    ref = forward_all(plain)
+    targets = targets_of(plain)
+    GPTQ(GPTQConfig(bits=3, group_size=32)).apply(plain, targets)
+
+    calls = []
+    monkeypatch.setattr("tensorpress.stats.collect_hessians", lambda *a, **k: calls.append(a))
+    work, _ = layer_work("llama")
+    fused_awq(work, targets)
+    GPTQ(GPTQConfig(bits=3, group_size=32)).apply(work, targets)
+    assert not calls  # the statistics came from gptq's pass
+    assert awq_mod._FOLDS_OK  # the structure's folds were checked once
+    assert err(work, ref) < err(plain, ref)
+
+
+def test_fusion_only_before_a_true_sequential_gptq_on_the_same_modules():
+    from tensorpress.composition import link_steps
+
+    def fuses(steps, plan=None) -> bool:
+        recipe = load_recipe({"steps": steps})
+        awq = AWQ(recipe.steps[0].config)
+        link_steps(recipe, plan or {i: ["a", "b"] for i in range(len(steps))}, {0: awq, 1: None, 2: None})
+        return awq.fuse
+
+    gptq = {"gptq": {"bits": 4, "group_size": 32}}
+    assert fuses([{"awq": {}}, gptq])
+    assert not fuses([{"awq": {"fused": False}}, gptq])
+    assert not fuses([{"awq": {"objective": "block"}}, gptq])
+    assert not fuses([{"awq": {}}, {"gptq": {"bits": 4, "true_sequential": False}}])
+    assert not fuses([{"awq": {}}, {"rtn": {"bits": 4}}])
+    assert not fuses([{"awq": {}}, gptq], plan={0: ["a", "b"], 1: ["a"]})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -49,6 +50,9 @@ class AWQConfig:
     clip: bool = False  # per-group clipping search of each consumer (not q/k), after scaling
     clip_grid: int = 20
     max_shrink: float = 0.5  # clipping tries max|w| · (1 - max_shrink · i / clip_grid)
+    # Search inside the next step's single forward when it is a true-sequential gptq on the same
+    # modules (linear objective): no forward of AWQ's own, statistics of the partly quantized layer.
+    fused: bool = True
 
     def validate(self) -> None:
         if self.grid < 1:
@@ -214,6 +218,7 @@ class AWQ(Compressor):
     name = "awq"
     Config = AWQConfig
     needs_calibration = True
+    fuse = False  # set by composition.link_steps when the next step can host the search
     summary = "AWQ activation-aware scaling folded into norms and linears; a quantizer must follow"
 
     @staticmethod
@@ -238,63 +243,27 @@ class AWQ(Compressor):
         cfg: AWQConfig = self.config
         layer = work.module
         rel = {n: n[len(work.prefix) :] for n in targets}
-        norms = _norm_consumers(work, targets)
+        edges = _layer_edges(work, targets)
+        if self.fuse and self._fuse(work, targets, edges):
+            return
         stats = collect_hessians(work, targets, with_abs=True)
         before = {k: v.detach().clone() for k, v in layer.state_dict().items()}
         ref = _run(work, 0)
 
-        edges: list[tuple[str, object, list[str], torch.Tensor | None]] = []
-        for norm_name, consumers in norms.items():
-            edges.append(("norm", norm_name, consumers, None))
-        for prev_rel, next_rel in LINEAR_EDGES:
-            prev = work.prefix + prev_rel
-            nxt = work.prefix + next_rel
-            if prev not in rel or nxt not in rel:
-                continue
-            if next_rel == "fc2" and type(getattr(layer, "activation_fn", None)).__name__ != "ReLU":
-                continue
-            pw, nw = get_weight(work.linear(prev)), get_weight(work.linear(nxt))
-            attn = layer.get_submodule(prev_rel.rpartition(".")[0]) if "." in prev_rel else layer
-            try:
-                cmap = head_map(pw.shape[0], nw.shape[1], getattr(attn, "head_dim", None))
-            except ValueError as e:
-                work.notes.append(f"awq: {nxt}: {e}; edge skipped")
-                continue
-            edges.append(("linear", prev, [nxt], cmap))
-        # The paper's order: q/k/v, v→o, gate/up, up→down (execution order of the consumers).
-        order = {n: i for i, n in enumerate(targets)}
-        edges.sort(key=lambda e: min(order[c] for c in e[2]))
-
-        for kind, prev, consumers, cmap in edges:
-            quantized = [(c, self.scheme_for(c)) for c in consumers]
-            quantized = [(c, sch) for c, sch in quantized if sch is not None]
+        for edge in edges:
+            quantized = self._quantized(edge.consumers)
             if not quantized:
                 continue
-            h = stats[consumers[0]]
-            if cfg.objective == "block" and kind == "norm" and len(consumers) > 1:
-                found = self._search_block(work, consumers, quantized, h.mean_abs(), cfg)
+            h = stats[edge.consumers[0]]
+            if cfg.objective == "block" and edge.kind == "norm" and len(edge.consumers) > 1:
+                found = self._search_block(work, edge.consumers, quantized, h.mean_abs(), cfg)
             else:
-                found = search_scales_linear(
-                    [(work.weight(c), sch) for c, sch in quantized],
-                    h.H,
-                    h.mean_abs(),
-                    work.scale_dtype,
-                    cfg.grid,
-                    cfg.duo_scaling,
-                    cmap,
-                )
+                found = self._search_linear(work, edge, quantized, h)
             if found.alpha == 0:
                 continue
-            s = found.scales
-            cols = s[cmap] if cmap is not None else s
-            if kind == "norm":
-                _fold_into_norm(layer.get_submodule(prev), s)
-            else:
-                _scale_rows(work.linear(prev), s)
-            for c in consumers:
-                _scale_columns(work.linear(c), cols)
+            cols = _fold(work, edge, found.scales)
             # The consumers' inputs are now x / s: carry their statistics along instead of replaying.
-            _rescale_stats(stats, consumers, cols)
+            _rescale_stats(stats, edge.consumers, cols)
 
         out = _run(work, 0)
         drift = float((out - ref).norm() / ref.norm().clamp_min(1e-12))
@@ -311,6 +280,64 @@ class AWQ(Compressor):
                     continue
                 W = clip_search(work.weight(c), stats[c].H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink)
                 work.set_weight(c, W)
+
+    def _quantized(self, consumers: list[str]) -> list[tuple[str, QuantScheme]]:
+        found = [(c, self.scheme_for(c)) for c in consumers]
+        return [(c, sch) for c, sch in found if sch is not None]
+
+    def _search_linear(self, work: LayerWork, edge: Edge, quantized, h) -> ScaleSearch:
+        cfg: AWQConfig = self.config
+        Ws = [(work.weight(c), sch) for c, sch in quantized]
+        return search_scales_linear(Ws, h.H, h.mean_abs(), work.scale_dtype, cfg.grid, cfg.duo_scaling, edge.col_map)
+
+    # -------------------------------------------------------------- fused into the next step's pass
+
+    def _fuse(self, work: LayerWork, targets: list[str], edges: list[Edge]) -> bool:
+        """Defer the search of each edge to the moment the next step's single-pass replay reaches the
+        edge's consumers (stats.staged_replay calls `_on_stage` there): no forward of AWQ's own.
+
+        The consumers' statistics are then those of the partly compressed layer, the very inputs the
+        quantizer will see. Folding into an already quantized producer (v for o, up for down) divides
+        its group scales row by row, which keeps its codes. Returns False (AWQ runs on its own) when
+        the layer does not fit: an edge spanning stages, earlier structural steps, folds that would
+        change this structure's function.
+        """
+        from tensorpress.stats import execution_stages
+
+        if work.sparse or work.eora or work.structure or work.quantized:
+            return False
+        stages = {frozenset(st) for st in execution_stages(work, targets)}
+        if any(frozenset(e.consumers) not in stages for e in edges):
+            return False
+        if not _folds_preserve_function(work, targets, edges):
+            return False
+        work.before_stage.append(partial(self._on_stage, work, edges))
+        return True
+
+    def _on_stage(self, work: LayerWork, edges: list[Edge], stage: list[str], hessians: dict, inputs) -> None:
+        cfg: AWQConfig = self.config
+        h = hessians[stage[0]]
+        for edge in edges:
+            if set(edge.consumers) != set(stage) or h.n == 0:
+                continue
+            quantized = self._quantized(edge.consumers)
+            if not quantized:
+                continue
+            found = self._search_linear(work, edge, quantized, h)
+            if found.alpha == 0:
+                continue
+            cols = _fold(work, edge, found.scales)
+            _rescale_stats(hessians, edge.consumers, cols)
+            for x in inputs:  # the paused batches computed their input before the fold: x ← x / s
+                x.div_(cols.to(x.dtype))
+        if cfg.clip and h.n:
+            for c in stage:
+                sch = self.scheme_for(c)
+                if sch is None or c.endswith(("q_proj", "k_proj")):
+                    continue
+                work.set_weight(
+                    c, clip_search(work.weight(c), h.H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink)
+                )
 
     def _search_block(self, work: LayerWork, consumers, quantized, x_mean, cfg: AWQConfig) -> ScaleSearch:
         """The paper's objective: MSE of the parent block's output on `search_samples` windows."""
@@ -346,6 +373,88 @@ class AWQ(Compressor):
         return best
 
 
+@dataclass
+class Edge:
+    """prev → consumers: scaling the consumers' input columns by s is undone by dividing prev's output."""
+
+    kind: Literal["norm", "linear"]
+    prev: str  # layer-relative norm name, or the producing Linear's full name
+    consumers: list[str]  # full names
+    col_map: torch.Tensor | None = None  # consumer column → scale index (grouped-query v→o)
+
+
+def _layer_edges(work: LayerWork, targets: list[str]) -> list[Edge]:
+    """Every foldable edge of the layer, in the paper's order: q/k/v, v→o, gate/up, up→down."""
+    layer = work.module
+    rel = {n[len(work.prefix) :] for n in targets}
+    edges = [Edge("norm", norm, consumers) for norm, consumers in _norm_consumers(work, targets).items()]
+    for prev_rel, next_rel in LINEAR_EDGES:
+        if prev_rel not in rel or next_rel not in rel:
+            continue
+        if next_rel == "fc2" and type(getattr(layer, "activation_fn", None)).__name__ != "ReLU":
+            continue
+        prev, nxt = work.prefix + prev_rel, work.prefix + next_rel
+        pw, nw = get_weight(work.linear(prev)), get_weight(work.linear(nxt))
+        attn = layer.get_submodule(prev_rel.rpartition(".")[0]) if "." in prev_rel else layer
+        try:
+            cmap = head_map(pw.shape[0], nw.shape[1], getattr(attn, "head_dim", None))
+        except ValueError as e:
+            work.notes.append(f"awq: {nxt}: {e}; edge skipped")
+            continue
+        edges.append(Edge("linear", prev, [nxt], cmap))
+    order = {n: i for i, n in enumerate(targets)}
+    edges.sort(key=lambda e: min(order[c] for c in e.consumers))
+    return edges
+
+
+def _fold(work: LayerWork, edge: Edge, s: torch.Tensor) -> torch.Tensor:
+    """Apply scales s (k,) to an edge; returns the per-consumer-column scales (in,)."""
+    cols = s[edge.col_map] if edge.col_map is not None else s
+    if edge.kind == "norm":
+        _fold_into_norm(work.module.get_submodule(edge.prev), s)
+    elif edge.prev in work.quantized:  # already quantized (fused mode): divide its scales, keep its codes
+        qw = work.quantized[edge.prev]
+        qw.scale = (qw.scale.float() / s[:, None].to(qw.scale.device)).to(qw.scale.dtype)
+        set_weight(work.linear(edge.prev), qw.dequantize())
+        bias = getattr(work.linear(edge.prev), "bias", None)
+        if bias is not None:
+            bias.data.div_(s)
+    else:
+        _scale_rows(work.linear(edge.prev), s)
+    for c in edge.consumers:
+        _scale_columns(work.linear(c), cols)
+    return cols
+
+
+_FOLDS_OK: dict[tuple, bool] = {}  # layer structure → folding random scales keeps its function
+
+
+def _folds_preserve_function(work: LayerWork, targets: list[str], edges: list[Edge]) -> bool:
+    """Fold random scales into every edge of one layer per structure and compare one sequence's output
+    (the fused mode cannot compare before/after on the real scales: the quantizer changes the layer)."""
+    from tensorpress.pipeline import first_sample
+    from tensorpress.stats import structure_key
+
+    key = structure_key(work, targets)
+    if key not in _FOLDS_OK:
+        layer = work.module
+        x0, kw0 = first_sample(work.calib_inputs[0], work.calib_kwargs[0])
+        state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+        gen = torch.Generator().manual_seed(0)
+        try:
+            with torch.no_grad():
+                ref = _first(layer(x0, **kw0))
+                for e in edges:
+                    k = int(e.col_map.max()) + 1 if e.col_map is not None else work.weight(e.consumers[0]).shape[1]
+                    s = (0.5 + 1.5 * torch.rand(k, generator=gen)).to(ref.device)
+                    _fold(work, e, s)
+                out = _first(layer(x0, **kw0))
+        finally:
+            layer.load_state_dict(state)
+        _FOLDS_OK[key] = float((out - ref).norm() / ref.norm().clamp_min(1e-12)) < 1e-4
+    return _FOLDS_OK[key]
+
+
 def _rescale_stats(stats: dict, consumers: list[str], cols: torch.Tensor) -> None:
     """After scaling columns by s, the consumers' inputs are x / s: H ← H / (s sᵀ), mean|x| ← mean|x| / s."""
     seen: set[int] = set()
@@ -358,8 +467,23 @@ def _rescale_stats(stats: dict, consumers: list[str], cols: torch.Tensor) -> Non
         h.abs_sum.div_(cols)
 
 
+_NORM_GROUPS: dict[tuple, dict[str, list[str]]] = {}  # layer structure → norm → relative consumer names
+
+
 def _norm_consumers(work: LayerWork, targets: list[str]) -> dict[str, list[str]]:
-    """Norm module (layer-relative name) → target Linears fed directly by its output (one batch replay)."""
+    """Norm module (layer-relative name) → target Linears fed directly by its output.
+
+    Found by replaying one batch, once per layer structure."""
+    from tensorpress.stats import structure_key
+
+    key = structure_key(work, targets)
+    if key not in _NORM_GROUPS:
+        found = _find_norm_consumers(work, targets)
+        _NORM_GROUPS[key] = {norm: [c[len(work.prefix) :] for c in cs] for norm, cs in found.items()}
+    return {norm: [work.prefix + c for c in cs] for norm, cs in _NORM_GROUPS[key].items()}
+
+
+def _find_norm_consumers(work: LayerWork, targets: list[str]) -> dict[str, list[str]]:
     layer = work.module
     norm_out: list[tuple[str, torch.Tensor]] = []
     fed: dict[str, str] = {}

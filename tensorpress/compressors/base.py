@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -107,6 +108,9 @@ class LayerWork:
     # The compressed layer's outputs per calibration batch, when a step's replay already computed them
     # (see stats.staged_replay); any later weight change clears them, and the pipeline then reruns the layer.
     outputs: list[torch.Tensor] | None = None
+    # Called by stats.staged_replay before it compresses a stage, as f(stage, hessians, inputs) with the
+    # stage's input tensor of every batch paused there (a step fused into the next step's pass: AWQ).
+    before_stage: list[Callable[[list[str], dict, list[torch.Tensor]], None]] = field(default_factory=list)
 
     def num_batches(self) -> int:
         return len(self.calib_inputs)
