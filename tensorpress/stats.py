@@ -31,12 +31,15 @@ class Hessian:
     H: torch.Tensor  # (in, in) fp32, Σ x xᵀ
     n: int = 0  # tokens accumulated
     abs_sum: torch.Tensor | None = None  # (in,) Σ |x| (AWQ statistics), when asked for
-    sq_sum: torch.Tensor | None = None  # (in,) Σ x² (= diag(H), kept for convenience)
+    sq_sum: torch.Tensor | None = None  # (in,) Σ x², when asked for (Wanda); H is then left empty
     members: list[str] = field(default_factory=list)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
-        accumulate_gram(self.H, x)
+        if self.H.numel():
+            accumulate_gram(self.H, x)
+        if self.sq_sum is not None:
+            self.sq_sum += (x * x).sum(0)
         if self.abs_sum is not None:
             self.abs_sum += x.abs().sum(0)
         self.n += x.shape[0]
@@ -179,7 +182,9 @@ class _Abort(BaseException):
     """Unwinds a paused replay thread when the replay is abandoned."""
 
 
-def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, with_abs: bool = False) -> None:
+def staged_replay(
+    work: LayerWork, targets: list[str], handle: StageHandler, with_abs: bool = False, diagonal: bool = False
+) -> None:
     """True-sequential compression of one layer in a single forward pass over the calibration set.
 
     The reference GPTQ (and llm-compressor) replays the layer once per group of modules (q/k/v, then o,
@@ -194,7 +199,8 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
     The cost is memory: every batch's activations at the pause point are alive at once (about
     tokens × (2·hidden + intermediate) floats at the MLP). `true_sequential: false` is the low-memory path.
     Stages are visited in the order the forward reaches them; a module no batch reaches is handled last
-    with empty statistics (n = 0).
+    with empty statistics (n = 0). `diagonal` accumulates only Σ x² per input (`sq_sum`; H stays empty),
+    all a Wanda-style score needs.
 
     Functions in `work.before_stage` (left there by the step before, see AWQ) run before each `handle`
     with the stage's paused inputs, which they may change in place; they are consumed by this call.
@@ -206,7 +212,10 @@ def staged_replay(work: LayerWork, targets: list[str], handle: StageHandler, wit
     stats: list[Hessian] = []
     for stage in stages:
         in_f = in_out(work.linear(stage[0]))[0]
-        h = Hessian(torch.zeros(in_f, in_f, device=device), members=list(stage))
+        if diagonal:
+            h = Hessian(torch.zeros(0, device=device), members=list(stage), sq_sum=torch.zeros(in_f, device=device))
+        else:
+            h = Hessian(torch.zeros(in_f, in_f, device=device), members=list(stage))
         if with_abs:
             h.abs_sum = torch.zeros(in_f, device=device)
         stats.append(h)

@@ -85,3 +85,27 @@ def test_gram_accumulation_is_symmetric_and_exact(d):
         ref += x.double().T @ x.double()
     assert torch.equal(H, H.T)
     assert float((H.double() - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_wanda_in_one_pass_matches_one_replay_per_stage(arch, pattern):
+    """Wanda's Σx² gathered in the single pass give the masks of replaying the layer for every stage."""
+    from tensorpress.compressors.prune import Prune, input_sq_sums
+    from tensorpress.recipe import load_recipe
+
+    cfg = {"method": "wanda", "true_sequential": True, **({"pattern": pattern} if pattern else {"sparsity": 0.5})}
+    step = load_recipe({"steps": [{"prune": cfg}]}).steps[0]
+    fast, _ = layer_work(arch)
+    slow, _ = layer_work(arch)
+    targets = targets_of(fast)
+    prune_fast, prune_slow = Prune(step.config), Prune(step.config)
+    prune_fast.apply(fast, targets)
+    for stage in execution_stages(slow, targets):
+        prune_slow._stage(slow, stage, input_sq_sums(slow, stage), 0.5, step.config.nm)
+
+    for name in targets:
+        assert torch.equal(fast.sparse[name].mask, slow.sparse[name].mask), name
+    assert fast.outputs is not None
+    for got, want in zip(fast.outputs, forward_all(slow), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

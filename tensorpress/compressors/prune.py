@@ -94,7 +94,7 @@ class Prune(Compressor):
         return self.layer_sparsity.get(layer, cfg.sparsity)
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import compress_by_stage, execution_stages
+        from tensorpress.stats import compress_by_stage, staged_replay
 
         cfg: PruneConfig = self.config
         s = self.sparsity_for(work.index)
@@ -119,8 +119,13 @@ class Prune(Compressor):
             compress_by_stage(work, targets, partial(self._stage, work, s=s, nm=nm), cfg.true_sequential)
             return
         # Wanda needs only Σ x_j² per input (diag H): far cheaper than the full Hessian SparseGPT needs.
-        for stage in execution_stages(work, targets) if cfg.true_sequential else [targets]:
-            self._stage(work, stage, input_sq_sums(work, stage), s, nm)
+        if cfg.true_sequential:
+            staged_replay(work, targets, partial(self._wanda_stage, work, s=s, nm=nm), diagonal=True)
+        else:
+            self._stage(work, targets, input_sq_sums(work, targets), s, nm)
+
+    def _wanda_stage(self, work: LayerWork, stage: list[str], stats: dict, s: float, nm) -> None:
+        self._stage(work, stage, {n: stats[n].sq_sum for n in stage if stats[n].n}, s, nm)
 
     def _stage(self, work: LayerWork, stage: list[str], stats: dict, s: float, nm) -> None:
         """Prune one group of modules from their statistics (Σx² for Wanda, H for SparseGPT)."""
