@@ -1,8 +1,9 @@
 """Structural compressors on the sample model, in one run, against the same base evaluation.
 
-magnitude / Wanda / SparseGPT at 50% unstructured and at 2:4 (+ Wanda 50% with OWL layer sparsities);
-plain vs whitened SVD at 80% of Linear parameters; joint SparseGPT-50% + GPTQ-w4 against GPTQ-w3 g64;
-GPTQ-w3 g64 with and without EoRA. Calibration 128×512 from kjv:calib, evaluation 48×512 on kjv:eval;
+magnitude / Wanda / SparseGPT at 50% unstructured and at 2:4 (+ Wanda 50% with OWL layer sparsities,
+and Wanda / SparseGPT pruned true-sequentially); plain vs whitened SVD at 80% of Linear parameters;
+joint SparseGPT-50% + GPTQ-w4 against GPTQ-w3 g64; GPTQ-w3 g64 (default settings, and the shipped
+recipe's MSE group ranges) with and without EoRA. Calibration 128×512 from kjv:calib, evaluation 48×512 on kjv:eval;
 the base model's logits are computed once and cached on disk for every method.
 
     nice -n 10 python benchmarks/structure.py [--samples 128] [--windows 48] [--only wanda-50,...]
@@ -37,6 +38,8 @@ def methods() -> dict[str, list[dict]]:
         return [{"prune": {"method": method, **kw}, **IGNORE}]
 
     gptq3 = {"gptq": {"bits": 3, "group_size": 64}, **IGNORE}
+    gptq3_mse = {"gptq": {"bits": 3, "group_size": 64, "actorder": "static", "mse_clip": True}, **IGNORE}
+    eora = {"eora": {"rank": 32, "bits": 4, "group_size": 64}, **IGNORE}
     return {
         "magnitude-50": prune("magnitude", sparsity=0.5),
         "wanda-50": prune("wanda", sparsity=0.5),
@@ -44,12 +47,17 @@ def methods() -> dict[str, list[dict]]:
         "svd-plain-r80": [{"svd": {"method": "plain", "ratio": 0.8}, **IGNORE}],
         "svd-whitened-r80": [{"svd": {"method": "whitened", "ratio": 0.8}, **IGNORE}],
         "gptq-w3g64": [gptq3],
-        "gptq-w3g64+eora-r32": [gptq3, {"eora": {"rank": 32, "bits": 4, "group_size": 64}, **IGNORE}],
+        "gptq-w3g64+eora-r32": [gptq3, eora],
+        "gptq-w3g64-mse": [gptq3_mse],  # the shipped gptq-w3g64 recipe: static act-order, MSE group ranges
+        "gptq-w3g64-mse+eora-r32": [gptq3_mse, eora],
         "sparsegpt-50+gptq-w4": [*prune("sparsegpt", sparsity=0.5), {"gptq": {"bits": 4, "group_size": 64}, **IGNORE}],
         "magnitude-2:4": prune("magnitude", pattern="2:4"),
         "wanda-2:4": prune("wanda", pattern="2:4"),
         "sparsegpt-2:4": prune("sparsegpt", pattern="2:4"),
         "wanda-50-owl": prune("wanda", sparsity=0.5, layerwise="owl"),
+        # true-sequential: each stage pruned on inputs of the already pruned stages, in the one pass
+        "wanda-50-seq": prune("wanda", sparsity=0.5, true_sequential=True),
+        "sparsegpt-50-seq": prune("sparsegpt", sparsity=0.5, true_sequential=True),
     }
 
 
