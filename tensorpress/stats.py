@@ -261,6 +261,13 @@ def staged_replay(
         except BaseException as e:  # handed to the main thread
             events.put(("error", b, e))
 
+    def compress_stage(s: int, inputs: list[torch.Tensor]) -> None:
+        hessians = {name: stats[s] for name in stages[s]}
+        for f in before:
+            f(stages[s], hessians, inputs)
+        handle(stages[s], hessians)
+        handled[s] = True
+
     threads = [threading.Thread(target=worker, args=(b,), daemon=True) for b in range(n)]
     handles = [work.linear(stage[0]).register_forward_pre_hook(hook_for(s)) for s, stage in enumerate(stages)]
     outputs: list[torch.Tensor | None] = [None] * n
@@ -286,20 +293,12 @@ def staged_replay(
                 break
             s = min(paused.values())
             to_run = sorted(b for b, st in paused.items() if st == s)
-            hessians = {name: stats[s] for name in stages[s]}
-            for f in before:
-                f(stages[s], hessians, [held.pop(b) for b in to_run if b in held])
-            handle(stages[s], hessians)
-            handled[s] = True
+            compress_stage(s, [held.pop(b) for b in to_run if b in held])
             for b in to_run:
                 del paused[b]
-        for s, stage in enumerate(stages):
+        for s in range(len(stages)):
             if not handled[s]:
-                hessians = {name: stats[s] for name in stage}
-                for f in before:
-                    f(stage, hessians, [])
-                handle(stage, hessians)
-                handled[s] = True
+                compress_stage(s, [])
     except BaseException:
         abort = True
         for b in paused:

@@ -52,6 +52,13 @@ def layer_work(arch: str, seed: int = 0) -> tuple[LayerWork, torch.nn.Module]:
     return work, layer
 
 
+def forward_all(work: LayerWork) -> list[torch.Tensor]:
+    """The layer's output on every calibration batch."""
+    with torch.no_grad():
+        outs = [work.module(x, **kw) for x, kw in zip(work.calib_inputs, work.calib_kwargs, strict=True)]
+    return [o[0] if isinstance(o, tuple) else o for o in outs]
+
+
 def targets_of(work: LayerWork) -> list[str]:
     from tensorpress.architecture import is_linear
 
@@ -162,12 +169,6 @@ def fused_awq(work: LayerWork, targets: list[str], bits: int = 3) -> AWQ:
     awq.apply(work, targets)
     assert len(work.before_stage) == 1, work.notes  # nothing ran yet: the search waits for the pass
     return awq
-
-
-def forward_all(work: LayerWork) -> list[torch.Tensor]:
-    with torch.no_grad():
-        outs = [work.module(x, **kw) for x, kw in zip(work.calib_inputs, work.calib_kwargs, strict=True)]
-    return [o[0] if isinstance(o, tuple) else o for o in outs]
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "opt", "gpt2"])

@@ -7,16 +7,7 @@ import torch
 
 from tensorpress.compressors.gptq import GPTQ, GPTQConfig
 from tensorpress.stats import collect_hessians, execution_stages, staged_replay
-from tests.test_awq import layer_work, targets_of
-
-
-def forward_all(work) -> list[torch.Tensor]:
-    outs = []
-    with torch.no_grad():
-        for x, kw in zip(work.calib_inputs, work.calib_kwargs, strict=True):
-            o = work.module(x, **kw)
-            outs.append(o[0] if isinstance(o, tuple) else o)
-    return outs
+from tests.test_awq import forward_all, layer_work, targets_of
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "qwen2", "mistral"])

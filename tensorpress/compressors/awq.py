@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tensorpress.architecture import get_weight, set_weight
+from tensorpress.architecture import get_weight, in_out, set_weight
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
 from tensorpress.quantization import QuantScheme, rtn_quantize
 
@@ -242,7 +242,6 @@ class AWQ(Compressor):
 
         cfg: AWQConfig = self.config
         layer = work.module
-        rel = {n: n[len(work.prefix) :] for n in targets}
         edges = _layer_edges(work, targets)
         if self.fuse and self._fuse(work, targets, edges):
             return
@@ -275,11 +274,16 @@ class AWQ(Compressor):
             )
             return
         if cfg.clip:
-            for c, sch in ((c, self.scheme_for(c)) for c in targets):
-                if sch is None or rel[c].endswith(("q_proj", "k_proj")):
-                    continue
-                W = clip_search(work.weight(c), stats[c].H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink)
-                work.set_weight(c, W)
+            self._clip(work, {c: stats[c].H for c in targets})
+
+    def _clip(self, work: LayerWork, hessians: dict[str, torch.Tensor]) -> None:
+        """Clip search (after scaling) of each module that will be quantized, except q/k as in AWQ."""
+        cfg: AWQConfig = self.config
+        for c, H in hessians.items():
+            sch = self.scheme_for(c)
+            if sch is None or c.endswith(("q_proj", "k_proj")):
+                continue
+            work.set_weight(c, clip_search(work.weight(c), H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink))
 
     def _quantized(self, consumers: list[str]) -> list[tuple[str, QuantScheme]]:
         found = [(c, self.scheme_for(c)) for c in consumers]
@@ -331,13 +335,7 @@ class AWQ(Compressor):
             for x in inputs:  # the paused batches computed their input before the fold: x ← x / s
                 x.div_(cols.to(x.dtype))
         if cfg.clip and h.n:
-            for c in stage:
-                sch = self.scheme_for(c)
-                if sch is None or c.endswith(("q_proj", "k_proj")):
-                    continue
-                work.set_weight(
-                    c, clip_search(work.weight(c), h.H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink)
-                )
+            self._clip(work, {c: h.H for c in stage})
 
     def _search_block(self, work: LayerWork, consumers, quantized, x_mean, cfg: AWQConfig) -> ScaleSearch:
         """The paper's objective: MSE of the parent block's output on `search_samples` windows."""
@@ -445,7 +443,7 @@ def _folds_preserve_function(work: LayerWork, targets: list[str], edges: list[Ed
             with torch.no_grad():
                 ref = _first(layer(x0, **kw0))
                 for e in edges:
-                    k = int(e.col_map.max()) + 1 if e.col_map is not None else work.weight(e.consumers[0]).shape[1]
+                    k = int(e.col_map.max()) + 1 if e.col_map is not None else in_out(work.linear(e.consumers[0]))[0]
                     s = (0.5 + 1.5 * torch.rand(k, generator=gen)).to(ref.device)
                     _fold(work, e, s)
                 out = _first(layer(x0, **kw0))
