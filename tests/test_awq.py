@@ -128,6 +128,8 @@ def test_awq_config_rejects_unknown_and_bad_values():
         load_recipe({"steps": [{"awq": {"alpha": 0.5}}, {"rtn": {}}]})
     with pytest.raises(TensorpressError, match=r"steps\[0\]\.awq\.grid"):
         load_recipe({"steps": [{"awq": {"grid": 0}}, {"rtn": {}}]})
+    with pytest.raises(TensorpressError, match=r"steps\[0\]\.awq\.fused.*must be bool"):
+        load_recipe({"steps": [{"awq": {"fused": "yes"}}, {"rtn": {}}]})
     assert AWQConfig().objective == "linear"
 
 
