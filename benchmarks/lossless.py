@@ -33,7 +33,7 @@ import zstandard
 import tensorpress
 from tensorpress.formats.entropy import code_entropy, decode_tensor, encode_tensor
 from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files
-from tensorpress.sample import ensure_sample
+from tensorpress.model.sample import ensure_sample
 
 FRAME = 1 << 20
 HERE = Path(__file__).resolve().parent

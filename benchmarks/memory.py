@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from tensorpress.cache import cache_dir
 from tensorpress.formats.safetensors_io import ShardWriter
+from tensorpress.infra.cache import cache_dir
 
 SHAPES = {  # name: (hidden, intermediate, layers, vocab)
     "0.3": (1024, 2816, 24, 32000),

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import tensorpress
-from tensorpress.sample import ensure_sample
+from tensorpress.model.sample import ensure_sample
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import tensorpress
-from tensorpress.calibration import eval_windows, load_tokenizer
-from tensorpress.evaluation import BaseReference, evaluate_tokens, token_nll
+from tensorpress.calibration.windows import eval_windows, load_tokenizer
+from tensorpress.evaluation.metrics import BaseReference, evaluate_tokens, token_nll
 from tensorpress.formats.safetensors_io import read_header, weight_files
-from tensorpress.sample import ensure_sample
-from tensorpress.sizes import size_stats
+from tensorpress.formats.sizes import size_stats
+from tensorpress.model.sample import ensure_sample
 
 IGNORE = {"ignore": ["lm_head"]}
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 import tensorpress
-from tensorpress.calibration import calibration_windows, eval_windows, load_tokenizer
-from tensorpress.evaluation import evaluate_many
-from tensorpress.sample import ensure_sample
-from tensorpress.sizes import size_stats
+from tensorpress.calibration.windows import calibration_windows, eval_windows, load_tokenizer
+from tensorpress.evaluation.metrics import evaluate_many
+from tensorpress.formats.sizes import size_stats
+from tensorpress.model.sample import ensure_sample
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path.home() / ".cache" / "tensorpress"

@@ -18,15 +18,15 @@ __all__ = ["TensorpressError", "__version__", "compress", "evaluate", "load"]
 def __getattr__(name: str):
     # Lazy: importing the package (e.g. for `--help`) must not import torch/transformers.
     if name == "compress":
-        from tensorpress.pipeline import compress
+        from tensorpress.pipeline.run import compress
 
         return compress
     if name == "load":
-        from tensorpress.loader import load
+        from tensorpress.model.loader import load
 
         return load
     if name == "evaluate":
-        from tensorpress.evaluation import evaluate
+        from tensorpress.evaluation.metrics import evaluate
 
         return evaluate
     raise AttributeError(name)

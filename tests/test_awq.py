@@ -8,8 +8,8 @@ import tensorpress
 from tensorpress.compressors.awq import AWQ, AWQConfig, head_map, search_scales_linear
 from tensorpress.compressors.base import LayerWork
 from tensorpress.errors import TensorpressError
-from tensorpress.quantization import QuantScheme
-from tensorpress.recipe import load_recipe
+from tensorpress.formats.quantized import QuantScheme
+from tensorpress.pipeline.recipe import load_recipe
 from tests.conftest import tiny_config
 
 
@@ -60,7 +60,7 @@ def forward_all(work: LayerWork) -> list[torch.Tensor]:
 
 
 def targets_of(work: LayerWork) -> list[str]:
-    from tensorpress.architecture import is_linear
+    from tensorpress.model.architecture import is_linear
 
     return [work.prefix + n for n, m in work.module.named_modules() if is_linear(m)]
 
@@ -161,7 +161,7 @@ def test_awq_rtn_pipeline_beats_rtn(tiny_models, text_file, tmp_path, arch):
 
 def fused_awq(work: LayerWork, targets: list[str], bits: int = 3) -> AWQ:
     """An AWQ step set up as the pipeline sets it up before a true-sequential gptq on the same modules."""
-    from tensorpress.composition import link_steps
+    from tensorpress.pipeline.plan import link_steps
 
     recipe = load_recipe({"steps": [{"awq": {}}, {"gptq": {"bits": bits, "group_size": 32}}]})
     awq = AWQ(recipe.steps[0].config)
@@ -177,7 +177,7 @@ def fused_awq(work: LayerWork, targets: list[str], bits: int = 3) -> AWQ:
 def test_fused_awq_keeps_the_function_and_hands_on_exact_statistics(arch):
     """With a handler that compresses nothing, the pass must end with the original outputs although the
     weights were rescaled mid-pass, and every Hessian handed on must be that of the inputs as rescaled."""
-    from tensorpress.stats import collect_hessians, staged_replay
+    from tensorpress.calibration.stats import collect_hessians, staged_replay
 
     work, layer = layer_work(arch)
     targets = targets_of(work)
@@ -225,7 +225,7 @@ def test_fused_awq_beats_gptq_alone_and_skips_its_own_forward(monkeypatch):
     GPTQ(GPTQConfig(bits=3, group_size=32)).apply(plain, targets)
 
     calls = []
-    monkeypatch.setattr("tensorpress.stats.collect_hessians", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("tensorpress.calibration.stats.collect_hessians", lambda *a, **k: calls.append(a))
     work, _ = layer_work("llama")
     fused_awq(work, targets)
     GPTQ(GPTQConfig(bits=3, group_size=32)).apply(work, targets)
@@ -235,7 +235,7 @@ def test_fused_awq_beats_gptq_alone_and_skips_its_own_forward(monkeypatch):
 
 
 def test_fusion_only_before_a_true_sequential_gptq_on_the_same_modules():
-    from tensorpress.composition import link_steps
+    from tensorpress.pipeline.plan import link_steps
 
     def fuses(steps, plan=None) -> bool:
         recipe = load_recipe({"steps": steps})

@@ -16,7 +16,7 @@ from tensorpress.batch.matrix import load_matrix, parse_matrix, parse_shard, sel
 from tensorpress.batch.summary import SECONDS_COLUMN, table_rows
 from tensorpress.cli.main import main
 from tensorpress.errors import TensorpressError
-from tensorpress.evaluation import BaseReference
+from tensorpress.evaluation.metrics import BaseReference
 
 W4 = "name: w4\nsteps:\n  - rtn: {bits: 4, group_size: 32}\n    ignore: [lm_head]\n"
 W8 = "name: w8\nsteps:\n  - rtn: {bits: 8, group_size: 32}\n    ignore: [lm_head]\n"
@@ -41,7 +41,7 @@ class Counter:
     """Counts calls of BaseReference.compute and tensorpress.compress during a batch."""
 
     def __init__(self, mp: pytest.MonkeyPatch):
-        mp.setattr("tensorpress.continuations.NEW_TOKENS", 4)
+        mp.setattr("tensorpress.evaluation.continuations.NEW_TOKENS", 4)
         self.base = self.compress = 0
         real_compute, real_compress = BaseReference.compute.__func__, tensorpress.compress
 
@@ -305,7 +305,7 @@ def test_summary_html(batch):
 
 
 def test_tensor_component_table():
-    from tensorpress.sizes import tensor_component
+    from tensorpress.formats.sizes import tensor_component
 
     assert tensor_component("model.layers.0.mlp.up_proj.weight_packed") == "codes"
     assert tensor_component("model.layers.0.mlp.up_proj.weight_scale") == "scales"
@@ -320,7 +320,7 @@ def test_tensor_component_table():
 
 
 def test_pareto_front_and_layer_error_fallback():
-    from tensorpress.charts import layer_errors, pareto_front
+    from tensorpress.evaluation.charts import layer_errors, pareto_front
 
     pts = [(4.25, 23.0), (8.5, 14.1), (4.5, 18.0), (4.5, 19.0), (3.0, 40.0), (8.5, 14.1)]
     assert pareto_front(pts) == [4, 0, 2, 1]
@@ -342,7 +342,7 @@ def test_pareto_front_and_layer_error_fallback():
 def test_plain_progress_is_a_line_per_event(capsys):
     import io
 
-    from tensorpress.progress import PlainProgress
+    from tensorpress.infra.progress import PlainProgress
 
     buf = io.StringIO()
     p = PlainProgress(buf)

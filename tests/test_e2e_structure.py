@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import tensorpress
-from tensorpress.calibration import eval_windows, load_tokenizer
-from tensorpress.evaluation import BaseReference, evaluate_tokens
-from tensorpress.sizes import size_stats
+from tensorpress.calibration.windows import eval_windows, load_tokenizer
+from tensorpress.evaluation.metrics import BaseReference, evaluate_tokens
+from tensorpress.formats.sizes import size_stats
 
 pytestmark = pytest.mark.e2e
 

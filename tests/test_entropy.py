@@ -10,14 +10,14 @@ import torch
 
 import tensorpress
 from tensorpress.cli.main import main
-from tensorpress.decompress import decompress
 from tensorpress.errors import TensorpressError
 from tensorpress.formats import entropy
 from tensorpress.formats.entropy import code_entropy, decode_tensor, encode_tensor
+from tensorpress.formats.lossless import TABLE_KEY
 from tensorpress.formats.pack_quantized import pack_int32
 from tensorpress.formats.safetensors_io import SafetensorsReader, read_header
-from tensorpress.lossless import TABLE_KEY
-from tensorpress.sizes import size_stats
+from tensorpress.formats.sizes import size_stats
+from tensorpress.model.decompress import decompress
 
 ENTROPY = {"steps": [{"entropy": {"level": "max"}}]}
 RTN_ENTROPY = {"steps": [{"rtn": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}, {"entropy": {}}]}
@@ -104,7 +104,7 @@ def test_ratios_near_the_exponent_bound():
 
 
 def test_int4_rtn_codes_within_003_bits_of_entropy():
-    from tensorpress.quantization import QuantScheme, rtn_quantize
+    from tensorpress.formats.quantized import QuantScheme, rtn_quantize
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(512, 1024, generator=g) * torch.rand(512, 1, generator=g)  # rows of different scales
@@ -210,14 +210,14 @@ def test_damaged_table_names_the_file(coded_llama, tmp_path):
     ],
 )
 def test_recipe_placement_errors(steps, msg):
-    from tensorpress.recipe import load_recipe
+    from tensorpress.pipeline.recipe import load_recipe
 
     with pytest.raises(TensorpressError, match=msg):
         load_recipe({"steps": steps})
 
 
 def test_shipped_recipes_parse():
-    from tensorpress.recipe import load_recipe
+    from tensorpress.pipeline.recipe import load_recipe
 
     assert load_recipe("entropy-max").steps[-1].name == "entropy"
     r = load_recipe("rtn-w4g64-entropy")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tensorpress
-from tensorpress.evaluation import evaluate_many, evaluate_tokens
+from tensorpress.evaluation.metrics import evaluate_many, evaluate_tokens
 
 
 def test_evaluate_many_matches_evaluate_tokens(tiny_models, tmp_path):

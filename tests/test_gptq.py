@@ -8,7 +8,7 @@ import torch
 import tensorpress
 from tensorpress.compressors.gptq import gptq_quantize
 from tensorpress.formats.compressed_tensors import decode_weight, pack_tensors
-from tensorpress.quantization import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme, rtn_quantize
 
 
 def correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:

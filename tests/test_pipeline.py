@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tensorpress
-from tensorpress.architecture import build_skeleton, materialize
-from tensorpress.checkpoint import open_checkpoint
 from tensorpress.errors import TensorpressError
-from tensorpress.pipeline import _run_layer, capture_inputs
+from tensorpress.model.architecture import build_skeleton, materialize
+from tensorpress.model.checkpoint import open_checkpoint
+from tensorpress.pipeline.run import _run_layer, capture_inputs
 from tests.conftest import ARCHS
 
 RTN = {"steps": [{"rtn": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}]}
@@ -100,7 +100,7 @@ def test_asymmetric_per_channel_and_short_groups_round_trip(tiny_models, tmp_pat
     assert not torch.equal(comp.lm_head.weight, comp.model.embed_tokens.weight)
     assert torch.equal(comp.model.embed_tokens.weight, base.model.embed_tokens.weight)
     dense = tmp_path / "dense"
-    from tensorpress.decompress import decompress
+    from tensorpress.model.decompress import decompress
 
     decompress(out, dense)
     # decompress writes the checkpoint's dtype (bf16): equal to the compressed model loaded in bf16
@@ -142,7 +142,7 @@ def test_targets_matching_nothing_rejected(tiny_models, tmp_path):
 
 
 def test_evaluation_same_tokens_and_kl_zero_for_identical(tiny_models, text_file):
-    from tensorpress.evaluation import evaluate
+    from tensorpress.evaluation.metrics import evaluate
 
     m = evaluate(tiny_models["llama"], tiny_models["llama"], str(text_file), windows=3, seqlen=32)
     assert m["tokens"] == 3 * 31

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
-from tensorpress.quantization import QuantScheme, dequantize, group_extremes, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme, dequantize, group_extremes, rtn_quantize
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

@@ -1,7 +1,7 @@
 import pytest
 
 from tensorpress.errors import TensorpressError
-from tensorpress.recipe import builtin_recipes, load_recipe, match, parse_recipe
+from tensorpress.pipeline.recipe import builtin_recipes, load_recipe, match, parse_recipe
 
 
 def bad(raw) -> str:

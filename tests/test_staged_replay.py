@@ -5,8 +5,8 @@ import threading
 import pytest
 import torch
 
+from tensorpress.calibration.stats import collect_hessians, execution_stages, staged_replay
 from tensorpress.compressors.gptq import GPTQ, GPTQConfig
-from tensorpress.stats import collect_hessians, execution_stages, staged_replay
 from tests.test_awq import forward_all, layer_work, targets_of
 
 
@@ -65,7 +65,7 @@ def test_failing_handler_unwinds_every_thread_and_removes_hooks():
 
 @pytest.mark.parametrize("d", [40, 1100])  # plain addmm below 1024 inputs, block upper triangle above
 def test_gram_accumulation_is_symmetric_and_exact(d):
-    from tensorpress.stats import accumulate_gram
+    from tensorpress.calibration.stats import accumulate_gram
 
     torch.manual_seed(0)
     H = torch.zeros(d, d)
@@ -83,7 +83,7 @@ def test_gram_accumulation_is_symmetric_and_exact(d):
 def test_wanda_in_one_pass_matches_one_replay_per_stage(arch, pattern):
     """Wanda's Σx² gathered in the single pass give the masks of replaying the layer for every stage."""
     from tensorpress.compressors.prune import Prune, input_sq_sums
-    from tensorpress.recipe import load_recipe
+    from tensorpress.pipeline.recipe import load_recipe
 
     cfg = {"method": "wanda", "true_sequential": True, **({"pattern": pattern} if pattern else {"sparsity": 0.5})}
     step = load_recipe({"steps": [{"prune": cfg}]}).steps[0]

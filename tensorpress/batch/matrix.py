@@ -25,7 +25,7 @@ import yaml
 import tensorpress
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
-from tensorpress.recipe import Recipe, load_recipe
+from tensorpress.pipeline.recipe import Recipe, load_recipe
 
 TOP_KEYS = ("models", "recipes", "eval", "gates")
 GATE_KEYS = ("metric", "max", "min")

@@ -20,11 +20,11 @@ from itertools import groupby
 from pathlib import Path
 
 import tensorpress
-from tensorpress.atomic import write_text_atomic
 from tensorpress.batch.matrix import Matrix, RunSpec, select_shard
 from tensorpress.batch.summary import build_summary, run_metrics, write_summary
 from tensorpress.errors import TensorpressError
-from tensorpress.progress import Progress
+from tensorpress.infra.atomic import write_text_atomic
+from tensorpress.infra.progress import Progress
 
 RUN_FILE = "run.json"
 
@@ -112,9 +112,9 @@ def finished(out: Path, run: RunSpec) -> dict | None:
 
 
 def _base_reference(matrix: Matrix, model: str, out: Path, device: str, progress: Progress):
-    from tensorpress.calibration import eval_windows, load_tokenizer
-    from tensorpress.checkpoint import resolve_folder
-    from tensorpress.evaluation import BaseReference
+    from tensorpress.calibration.windows import eval_windows, load_tokenizer
+    from tensorpress.evaluation.metrics import BaseReference
+    from tensorpress.model.checkpoint import resolve_folder
 
     folder = resolve_folder(model)
     tokenizer = load_tokenizer(folder)

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import tensorpress
-from tensorpress.atomic import write_text_atomic
 from tensorpress.batch.matrix import GATE_METRICS, Gate
+from tensorpress.infra.atomic import write_text_atomic
 
 TABLE_HEADER = ["model", "recipe", "ppl", "Δppl %", "KL", "top-1", "bits/weight", "bytes", "seconds", "gates"]
 SECONDS_COLUMN = TABLE_HEADER.index("seconds")
@@ -167,7 +167,7 @@ def render_junit(summary: dict) -> str:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    from tensorpress.html_report import render_summary_html
+    from tensorpress.evaluation.html_report import render_summary_html
 
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "summary.md", render_markdown(summary))

@@ -37,7 +37,7 @@ def batch_cmd(
 ) -> int:
     from tensorpress.batch.matrix import load_matrix, parse_shard
     from tensorpress.batch.runner import run_batch
-    from tensorpress.progress import auto_progress
+    from tensorpress.infra.progress import auto_progress
 
     spec = load_matrix(matrix)
     summary = run_batch(spec, out, shard=parse_shard(shard), device=device, progress=auto_progress(quiet))

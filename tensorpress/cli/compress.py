@@ -34,7 +34,7 @@ def compress_cmd(
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    from tensorpress.pipeline import compress
+    from tensorpress.pipeline.run import compress
 
     result = compress(
         model,

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def decompress_cmd(model: ModelArg, out: OutDir, force: Force = False, quiet: Quiet = False) -> None:
-    from tensorpress.decompress import decompress
+    from tensorpress.model.decompress import decompress
 
     path = decompress(model, out, force=force)
     if not quiet:

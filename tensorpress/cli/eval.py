@@ -46,8 +46,8 @@ def eval_cmd(
 ) -> None:
     from pathlib import Path
 
-    from tensorpress.checkpoint import open_checkpoint
-    from tensorpress.evaluation import evaluate
+    from tensorpress.evaluation.metrics import evaluate
+    from tensorpress.model.checkpoint import open_checkpoint
 
     if base is None:
         ckpt = open_checkpoint(model)

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def inspect_cmd(
     path: str = typer.Argument(..., help="Checkpoint folder or .safetensors file."), format: Format = OutputFormat.text
 ) -> None:
-    from tensorpress.inspection import inspect_path
+    from tensorpress.formats.inspection import inspect_path
 
     info = inspect_path(path)
     if format == OutputFormat.json:

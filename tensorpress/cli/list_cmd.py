@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def list_cmd(format: Format = OutputFormat.text) -> None:
     from tensorpress.compressors import REGISTRY
     from tensorpress.compressors.base import config_fields
-    from tensorpress.recipe import builtin_recipes
+    from tensorpress.pipeline.recipe import builtin_recipes
 
     data = {
         "compressors": {

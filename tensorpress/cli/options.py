@@ -29,6 +29,6 @@ TextSpec = Annotated[
 
 
 def progress_for(quiet: bool):
-    from tensorpress.progress import Progress, RichProgress
+    from tensorpress.infra.progress import Progress, RichProgress
 
     return Progress() if quiet else RichProgress()

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def sample_cmd() -> None:
-    from tensorpress.sample import ensure_sample
+    from tensorpress.model.sample import ensure_sample
 
     paths = ensure_sample()
     typer.echo(f"model: {paths.model}")

@@ -27,9 +27,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tensorpress.architecture import get_weight, in_out, set_weight
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
-from tensorpress.quantization import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.model.architecture import get_weight, in_out, set_weight
 
 # Linear → Linear edges (names relative to the decoder layer), where prev's output channels reach
 # next's input channels through an operation that commutes with a positive per-channel scale.
@@ -238,7 +238,7 @@ class AWQ(Compressor):
         return None
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import collect_hessians
+        from tensorpress.calibration.stats import collect_hessians
 
         cfg: AWQConfig = self.config
         layer = work.module
@@ -306,7 +306,7 @@ class AWQ(Compressor):
         the layer does not fit: an edge spanning stages, earlier structural steps, folds that would
         change this structure's function.
         """
-        from tensorpress.stats import execution_stages
+        from tensorpress.calibration.stats import execution_stages
 
         if work.sparse or work.eora or work.structure or work.quantized:
             return False
@@ -430,8 +430,8 @@ _FOLDS_OK: dict[tuple, bool] = {}  # layer structure → folding random scales k
 def _folds_preserve_function(work: LayerWork, targets: list[str], edges: list[Edge]) -> bool:
     """Fold random scales into every edge of one layer per structure and compare one sequence's output
     (the fused mode cannot compare before/after on the real scales: the quantizer changes the layer)."""
-    from tensorpress.pipeline import first_sample
-    from tensorpress.stats import structure_key
+    from tensorpress.calibration.stats import structure_key
+    from tensorpress.pipeline.run import first_sample
 
     key = structure_key(work, targets)
     if key not in _FOLDS_OK:
@@ -472,7 +472,7 @@ def _norm_consumers(work: LayerWork, targets: list[str]) -> dict[str, list[str]]
     """Norm module (layer-relative name) → target Linears fed directly by its output.
 
     Found by replaying one batch, once per layer structure."""
-    from tensorpress.stats import structure_key
+    from tensorpress.calibration.stats import structure_key
 
     key = structure_key(work, targets)
     if key not in _NORM_GROUPS:

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tensorpress.architecture import get_weight, set_weight
-from tensorpress.quantization import QuantizedWeight
+from tensorpress.formats.quantized import QuantizedWeight
+from tensorpress.model.architecture import get_weight, set_weight
 
 
 class ConfigError(ValueError):
@@ -99,7 +99,7 @@ class LayerWork:
     # batch (B, L, H) and the keyword arguments the layer is called with, per batch.
     calib_inputs: list[torch.Tensor] = field(default_factory=list)
     calib_kwargs: list[dict] = field(default_factory=list)
-    # Structural records (see tensorpress/structure.py): full name → SparseWeight / EoRA correction, and
+    # Structural records (see tensorpress/model/structure.py): full name → SparseWeight / EoRA correction, and
     # full name → JSON description written to config.json["tensorpress"]["structure"] for the loader.
     sparse: dict[str, Any] = field(default_factory=dict)
     eora: dict[str, Any] = field(default_factory=dict)

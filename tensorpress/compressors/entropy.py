@@ -1,7 +1,7 @@
 """Lossless entropy coding as a recipe step: `- entropy: {level: fast|max}`, always the last step.
 
 It is a whole-output stage, not a per-layer compressor: it selects no Linear modules, and after the
-shards are written the pipeline hands them to `tensorpress.lossless.code_folder`, which codes every
+shards are written the pipeline hands them to `tensorpress.formats.lossless.code_folder`, which codes every
 tensor the earlier steps left (original floats, or integer codes + scales of a quantized model).
 """
 

@@ -15,8 +15,8 @@ import torch
 
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
 from tensorpress.compressors.rtn import validate_scheme
-from tensorpress.quantization import QuantScheme, rtn_quantize
-from tensorpress.structure import EoRACorrection
+from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.model.structure import EoRACorrection
 
 COMPRESSORS_BEFORE = ("rtn", "gptq", "prune")
 
@@ -64,7 +64,7 @@ class EoRA(Compressor):
         return None
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import compress_by_stage
+        from tensorpress.calibration.stats import compress_by_stage
 
         compress_by_stage(work, targets, partial(self._stage, work), self.config.true_sequential)
 

@@ -17,7 +17,7 @@ import torch
 
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
 from tensorpress.compressors.rtn import validate_scheme
-from tensorpress.quantization import QuantizedWeight, QuantScheme, group_extremes, minmax_params
+from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, group_extremes, minmax_params
 
 
 @dataclass
@@ -244,7 +244,7 @@ class GPTQ(Compressor):
     summary = "GPTQ: Hessian-aware integer quantization with lazy block updates, act-order, groups of any size"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import compress_by_stage
+        from tensorpress.calibration.stats import compress_by_stage
 
         compress_by_stage(work, targets, partial(self._stage, work), self.config.true_sequential)
 

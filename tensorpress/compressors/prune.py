@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
+from tensorpress.compressors.sparsity import FixedMask, SparseGPTSelect, magnitude_keep, parse_pattern, wanda_keep
 from tensorpress.errors import TensorpressError
-from tensorpress.sparsity import FixedMask, SparseGPTSelect, magnitude_keep, parse_pattern, wanda_keep
-from tensorpress.structure import SparseWeight
+from tensorpress.model.structure import SparseWeight
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Prune(Compressor):
         return self.layer_sparsity.get(layer, cfg.sparsity)
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import compress_by_stage, staged_replay
+        from tensorpress.calibration.stats import compress_by_stage, staged_replay
 
         cfg: PruneConfig = self.config
         s = self.sparsity_for(work.index)

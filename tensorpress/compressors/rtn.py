@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
-from tensorpress.quantization import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme, rtn_quantize
 
 
 @dataclass

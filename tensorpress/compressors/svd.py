@@ -17,7 +17,7 @@ import torch
 
 from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
 from tensorpress.errors import TensorpressError
-from tensorpress.structure import LowRankLinear, replace_module
+from tensorpress.model.structure import LowRankLinear, replace_module
 
 
 @dataclass
@@ -103,7 +103,7 @@ class SVD(Compressor):
     summary = "low-rank factors W ≈ U·V (plain SVD or SVD-LLM whitened), two Linears per module"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        from tensorpress.stats import compress_by_stage
+        from tensorpress.calibration.stats import compress_by_stage
 
         cfg: SVDConfig = self.config
         if cfg.method == "plain":

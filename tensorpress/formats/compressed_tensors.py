@@ -15,7 +15,7 @@ import torch
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
-from tensorpress.quantization import QuantizedWeight, QuantScheme, dequantize
+from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize
 
 SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
 

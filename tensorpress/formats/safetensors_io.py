@@ -109,7 +109,7 @@ class SafetensorsReader:
             infos, meta = read_header(path)
             self.metadata.update(meta)
             if "tensorpress.entropy" in meta:
-                from tensorpress.lossless import TABLE_KEY, coded_table
+                from tensorpress.formats.lossless import TABLE_KEY, coded_table
 
                 self.coded.update(coded_table(meta, str(path)))
                 self.metadata.pop(TABLE_KEY)

@@ -23,8 +23,8 @@ import torch
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
-from tensorpress.quantization import QuantizedWeight, QuantScheme, dequantize, expand_groups
-from tensorpress.structure import SparseWeight
+from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize, expand_groups
+from tensorpress.model.structure import SparseWeight
 
 SPARSE_PARTS = ("weight_mask", "weight_mask_index", "weight_values")
 

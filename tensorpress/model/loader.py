@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_linear
-from tensorpress.checkpoint import Checkpoint, open_checkpoint
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import module_schemes
+from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.sparse import decode_module
-from tensorpress.quantization import QuantScheme
+from tensorpress.model.architecture import Skeleton, build_skeleton, get_weight, is_linear
+from tensorpress.model.checkpoint import Checkpoint, open_checkpoint
 
 
 def quantized_modules(ckpt: Checkpoint, skel: Skeleton) -> dict[str, QuantScheme]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from tensorpress.calibration.text import read_text
 from tensorpress.errors import TensorpressError
-from tensorpress.text import read_text
 
 
 def load_tokenizer(folder: Path):

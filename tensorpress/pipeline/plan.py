@@ -102,7 +102,7 @@ def prepare_steps(recipe, plan, compressors, skel, ckpt, inputs, kwargs_list, de
             ratios = owl_outlier_ratios(
                 skel, ckpt, inputs[: cfg.owl_batches], kwargs_list, plan[step.index], cfg.owl_threshold, device
             )
-            from tensorpress.sparsity import owl_sparsities
+            from tensorpress.compressors.sparsity import owl_sparsities
 
             layers = sorted(ratios)
             sp = owl_sparsities([ratios[i] for i in layers], cfg.sparsity, cfg.owl_lambda)
@@ -112,9 +112,9 @@ def prepare_steps(recipe, plan, compressors, skel, ckpt, inputs, kwargs_list, de
 def owl_outlier_ratios(skel, ckpt, inputs, kwargs_list, names, threshold: float, device) -> dict[int, float]:
     """Per decoder layer: OWL's outlier ratio of the Wanda scores |W|·‖x‖ of the targeted modules, from
     a forward pass of the *dense* model over the given calibration batches (one layer in memory at a time)."""
-    from tensorpress.architecture import get_weight, materialize, release
-    from tensorpress.pipeline import _run_layer
-    from tensorpress.sparsity import outlier_ratio, wanda_score
+    from tensorpress.compressors.sparsity import outlier_ratio, wanda_score
+    from tensorpress.model.architecture import get_weight, materialize, release
+    from tensorpress.pipeline.run import _run_layer
 
     xs = [x.clone() for x in inputs]
     ratios: dict[int, float] = {}
@@ -147,6 +147,6 @@ def owl_outlier_ratios(skel, ckpt, inputs, kwargs_list, names, threshold: float,
 
 def step_targets(work, step, targets: list[str]) -> list[str]:
     """What a step compresses in this layer: a quantizer after svd quantizes both factors."""
-    from tensorpress.structure import expand_factors
+    from tensorpress.model.structure import expand_factors
 
     return expand_factors(work, targets) if step.cls.quantizes else targets

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import tensorpress
-from tensorpress.atomic import write_text_atomic
-from tensorpress.checkpoint import Checkpoint
-from tensorpress.resources import StageMeter
-from tensorpress.sizes import bytes_by_component, size_stats
+from tensorpress.formats.sizes import bytes_by_component, size_stats
+from tensorpress.infra.atomic import write_text_atomic
+from tensorpress.infra.resources import StageMeter
+from tensorpress.model.checkpoint import Checkpoint
 
 
 def build_report(
@@ -49,7 +49,7 @@ def build_report(
 def write_report(folder: Path, report: dict) -> None:
     write_text_atomic(folder / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(folder / "report.md", render_markdown(report))
-    from tensorpress.html_report import render_report_html  # matplotlib: imported only when writing
+    from tensorpress.evaluation.html_report import render_report_html  # matplotlib: imported only when writing
 
     write_text_atomic(folder / "report.html", render_report_html(report))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from tensorpress import charts
+from tensorpress.evaluation import charts
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;

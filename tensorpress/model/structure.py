@@ -79,7 +79,7 @@ def substitute_structure(model: nn.Module, structure: dict | None) -> None:
             continue
         if isinstance(old, LowRankLinear):
             continue
-        from tensorpress.architecture import get_weight
+        from tensorpress.model.architecture import get_weight
 
         out_f, in_f = get_weight(old).shape
         new = LowRankLinear(in_f, out_f, int(svd["rank"]), old.bias is not None, device="meta")

@@ -18,7 +18,7 @@ ALIASES = {"wikitext2": "hf:wikitext:wikitext-2-raw-v1:test:text"}
 def read_text(spec: str) -> str:
     spec = ALIASES.get(spec, spec)
     if spec in ("kjv:calib", "kjv:eval"):
-        from tensorpress.sample import ensure_texts
+        from tensorpress.model.sample import ensure_texts
 
         calib, evalp = ensure_texts()
         return (calib if spec == "kjv:calib" else evalp).read_text(encoding="utf-8")

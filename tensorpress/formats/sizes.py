@@ -10,8 +10,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from tensorpress.formats.lossless import coded_table
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
-from tensorpress.lossless import coded_table
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 COUNTED_PARTS = PACKED_PARTS[:3]  # what bits/weight counts: codes, scales, zero points (not the shape)

@@ -115,7 +115,7 @@ def builtin_recipes() -> dict[str, Path]:
         folder = resources.files("tensorpress.recipes")
         return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
     except (ModuleNotFoundError, FileNotFoundError):  # running from a source tree without install
-        folder = Path(__file__).resolve().parent.parent / "recipes"
+        folder = Path(__file__).resolve().parents[2] / "recipes"
         return {p.stem: p for p in folder.glob("*.yaml")}
 
 

@@ -106,7 +106,7 @@ def build_skeleton(config_dict: dict, checkpoint_names: list[str]) -> Skeleton:
         archs = ",".join(cfg.get("architectures") or [model_type or "?"])
         raise TensorpressError(f"architecture {archs} is not a causal language model tensorpress can load") from e
     model.eval()
-    from tensorpress.structure import substitute_structure
+    from tensorpress.model.structure import substitute_structure
 
     substitute_structure(model, (config_dict.get("tensorpress") or {}).get("structure"))  # low-rank modules
     n_layers = getattr(config, "num_hidden_layers", None)

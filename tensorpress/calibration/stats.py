@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tensorpress.architecture import in_out
 from tensorpress.compressors.base import LayerWork
+from tensorpress.model.architecture import in_out
 
 
 class _StopReplay(Exception):

@@ -20,20 +20,20 @@ import torch
 from torch import nn
 
 import tensorpress
-from tensorpress.architecture import Skeleton, build_skeleton, get_weight, is_linear, materialize, release
-from tensorpress.atomic import atomic_dir, check_out_dir
-from tensorpress.calibration import calibration_windows, eval_windows, load_tokenizer
-from tensorpress.checkpoint import Checkpoint, copy_side_files, open_checkpoint
-from tensorpress.composition import check_plan, prepare_steps, step_targets
+from tensorpress.calibration.windows import calibration_windows, eval_windows, load_tokenizer
 from tensorpress.compressors.base import LayerWork
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import pack_tensors, quantization_config
+from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.safetensors_io import ShardWriter
-from tensorpress.progress import Progress
-from tensorpress.quantization import QuantScheme
-from tensorpress.recipe import Recipe, load_recipe
-from tensorpress.resources import StageMeter
-from tensorpress.structure import write_eora, write_structured
+from tensorpress.infra.atomic import atomic_dir, check_out_dir
+from tensorpress.infra.progress import Progress
+from tensorpress.infra.resources import StageMeter
+from tensorpress.model.architecture import Skeleton, build_skeleton, get_weight, is_linear, materialize, release
+from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.model.structure import write_eora, write_structured
+from tensorpress.pipeline.plan import check_plan, prepare_steps, step_targets
+from tensorpress.pipeline.recipe import Recipe, load_recipe
 
 
 @dataclass
@@ -202,7 +202,7 @@ def compress(
         with meter.stage("compress"):
             layer_stats = _compress_layers(skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes)
         if rec.steps[-1].cls.lossless:
-            from tensorpress.lossless import code_folder, packed_bits
+            from tensorpress.formats.lossless import code_folder, packed_bits
 
             with meter.stage("entropy"):
                 code_folder(tmp, rec.steps[-1].config.level, packed_bits(layer_stats["schemes"]))
@@ -211,8 +211,8 @@ def compress(
         copy_side_files(ckpt.folder, tmp)
         result = CompressResult(tmp, rec.to_dict(), meter.seconds, 0, meta_notes)
         if eval_tokens is not None:
-            from tensorpress.evaluation import evaluate_tokens
-            from tensorpress.report import build_report, write_report
+            from tensorpress.evaluation.metrics import evaluate_tokens
+            from tensorpress.evaluation.report import build_report, write_report
 
             with meter.stage("evaluate"):
                 metrics = evaluate_tokens(

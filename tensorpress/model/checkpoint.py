@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from tensorpress.cache import cache_dir
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files
+from tensorpress.infra.cache import cache_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOKENIZER_FILES = (

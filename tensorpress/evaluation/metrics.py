@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tensorpress.calibration import eval_windows, load_tokenizer
+from tensorpress.calibration.windows import eval_windows, load_tokenizer
 from tensorpress.errors import TensorpressError
-from tensorpress.loader import load
-from tensorpress.progress import Progress
+from tensorpress.infra.progress import Progress
+from tensorpress.model.loader import load
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def evaluate_tokens(
     if has_base:
         out.update(ppl_base=math.exp(nll_b / n), kl=kl_sum / n, top1_agreement=agree / n)
     if tokenizer is not None:
-        from tensorpress.continuations import continuation_table, greedy_continuations
+        from tensorpress.evaluation.continuations import continuation_table, greedy_continuations
 
         ours = greedy_continuations(comp, tokenizer, device=device)
         if isinstance(base, BaseReference):
@@ -150,7 +150,7 @@ class BaseReference:
         del out
         conts = None
         if tokenizer is not None:
-            from tensorpress.continuations import greedy_continuations
+            from tensorpress.evaluation.continuations import greedy_continuations
 
             conts = greedy_continuations(ref, tokenizer, device=device)
         return cls(path, tokens.clone(), vocab, conts)
@@ -184,7 +184,7 @@ def evaluate(
 ) -> dict:
     """Evaluate a checkpoint folder; `base` defaults to none (ppl only)."""
     folder = Path(model)
-    from tensorpress.checkpoint import resolve_folder
+    from tensorpress.model.checkpoint import resolve_folder
 
     folder = resolve_folder(str(model))
     tokenizer = load_tokenizer(folder)
