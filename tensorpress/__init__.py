@@ -9,8 +9,7 @@ The CLI is a thin layer over this API, which the tests use too:
 """
 
 from tensorpress.errors import TensorpressError
-
-__version__ = "0.1.0"
+from tensorpress.version import __version__
 
 __all__ = ["TensorpressError", "__version__", "compress", "evaluate", "load"]
 

@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tensorpress
+from tensorpress.calibration.layer_work import LayerWork
 from tensorpress.compressors.awq import AWQ, AWQConfig, head_map, search_scales_linear
-from tensorpress.compressors.base import LayerWork
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.pipeline.recipe import load_recipe
@@ -213,7 +213,7 @@ def test_fused_awq_folds_into_quantized_producers_consistently(arch):
 
 
 def test_fused_awq_beats_gptq_alone_and_skips_its_own_forward(monkeypatch):
-    from tensorpress.compressors import awq as awq_mod
+    from tensorpress.compressors import awq_edges
     from tensorpress.compressors.gptq import GPTQ, GPTQConfig
 
     def err(work, ref):
@@ -230,7 +230,7 @@ def test_fused_awq_beats_gptq_alone_and_skips_its_own_forward(monkeypatch):
     fused_awq(work, targets)
     GPTQ(GPTQConfig(bits=3, group_size=32)).apply(work, targets)
     assert not calls  # the statistics came from gptq's pass
-    assert awq_mod._FOLDS_OK  # the structure's folds were checked once
+    assert awq_edges._FOLDS_OK  # the structure's folds were checked once
     assert err(work, ref) < err(plain, ref)
 
 

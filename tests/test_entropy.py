@@ -13,7 +13,7 @@ from tensorpress.cli.main import main
 from tensorpress.errors import TensorpressError
 from tensorpress.formats import entropy
 from tensorpress.formats.entropy import code_entropy, decode_tensor, encode_tensor
-from tensorpress.formats.lossless import TABLE_KEY
+from tensorpress.formats.entropy_table import TABLE_KEY
 from tensorpress.formats.pack_quantized import pack_int32
 from tensorpress.formats.safetensors_io import SafetensorsReader, read_header
 from tensorpress.formats.sizes import size_stats
@@ -104,7 +104,8 @@ def test_ratios_near_the_exponent_bound():
 
 
 def test_int4_rtn_codes_within_003_bits_of_entropy():
-    from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+    from tensorpress.compressors.quantize import rtn_quantize
+    from tensorpress.formats.quantized import QuantScheme
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(512, 1024, generator=g) * torch.rand(512, 1, generator=g)  # rows of different scales

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import tensorpress
-from tensorpress.compressors.gptq import gptq_quantize
+from tensorpress.compressors.gptq_sweep import gptq_quantize
+from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.formats.compressed_tensors import decode_weight, pack_tensors
-from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme
 
 
 def correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tensorpress
+from tensorpress.calibration.forward import capture_inputs, run_layer
 from tensorpress.errors import TensorpressError
 from tensorpress.model.architecture import build_skeleton, materialize
 from tensorpress.model.checkpoint import open_checkpoint
-from tensorpress.pipeline.run import _run_layer, capture_inputs
 from tests.conftest import ARCHS
 
 RTN = {"steps": [{"rtn": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}]}
@@ -31,7 +31,7 @@ def test_layerwise_replay_equals_full_forward(tiny_models, arch):
     for i, layer in enumerate(skel.layers):
         materialize(layer, skel.layer_prefix(i), skel, ckpt.tensor, torch.float32, "cpu")
         with torch.no_grad():
-            inputs = [_run_layer(layer, x, kw) for x, kw in zip(inputs, kws, strict=False)]
+            inputs = [run_layer(layer, x, kw) for x, kw in zip(inputs, kws, strict=False)]
     full = tensorpress.load(tiny_models[arch])
     with torch.no_grad():
         hs = full(input_ids=ids, output_hidden_states=True).hidden_states

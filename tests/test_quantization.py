@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from tensorpress.compressors.quantize import group_extremes, rtn_quantize
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
-from tensorpress.formats.quantized import QuantScheme, dequantize, group_extremes, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme, dequantize
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

@@ -7,15 +7,16 @@ import torch
 
 import tensorpress
 from tensorpress.compressors.eora import eora_factors
-from tensorpress.compressors.gptq import gptq_quantize
+from tensorpress.compressors.gptq_sweep import gptq_quantize
 from tensorpress.compressors.prune import sparsegpt_prune
+from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.compressors.sparsity import SparseGPTSelect, magnitude_keep, owl_sparsities, wanda_keep
 from tensorpress.compressors.svd import factors, spectrum, whitening
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.sizes import size_stats
-from tensorpress.formats.sparse import decode_sparse, pack_bits, pack_sparse, unpack_bits
-from tensorpress.model.structure import LowRankLinear, SparseWeight
+from tensorpress.formats.sparse import SparseWeight, decode_sparse, pack_bits, pack_sparse, unpack_bits
+from tensorpress.model.structure import LowRankLinear
 from tensorpress.pipeline.recipe import load_recipe
 
 
@@ -195,7 +196,7 @@ ROUND_TRIPS = {
 @pytest.mark.parametrize("name", list(ROUND_TRIPS))
 def test_pipeline_and_loader_round_trip(tiny_models, text_file, tmp_path, monkeypatch, name):
     """The loaded model holds exactly the weights the pipeline computed with (snapshotted before release)."""
-    import tensorpress.pipeline.run as pipeline
+    import tensorpress.pipeline.layers as pipeline
 
     snap: dict[str, torch.Tensor] = {}
     real_release = pipeline.release
@@ -283,11 +284,11 @@ def test_decompress_gives_a_plain_checkpoint(tiny_models, tmp_path, steps):
 @pytest.mark.parametrize("arch", ["llama", "opt"])
 def test_one_pass_hessians_are_shared_only_by_modules_fed_the_same_tensor(tiny_models, arch):
     """All of a layer's Linears in one replay: freed activations must not make two inputs look alike."""
+    from tensorpress.calibration.forward import capture_inputs
+    from tensorpress.calibration.layer_work import LayerWork
     from tensorpress.calibration.stats import collect_hessians
-    from tensorpress.compressors.base import LayerWork
     from tensorpress.model.architecture import build_skeleton, in_out, is_linear, materialize
     from tensorpress.model.checkpoint import open_checkpoint
-    from tensorpress.pipeline.run import capture_inputs
 
     ckpt = open_checkpoint(tiny_models[arch])
     skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-import tensorpress
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
 from tensorpress.pipeline.recipe import Recipe, load_recipe
+from tensorpress.version import __version__
 
 TOP_KEYS = ("models", "recipes", "eval", "gates")
 GATE_KEYS = ("metric", "max", "min")
@@ -136,7 +136,7 @@ class Matrix:
                         "model": _model_identity(model),
                         "recipe": entry.content_hash,
                         "eval": asdict(self.eval),
-                        "version": tensorpress.__version__,
+                        "version": __version__,
                     }
                 )
                 out.append(RunSpec(len(out), model, model_label, entry, key, rid))

@@ -19,12 +19,12 @@ import traceback
 from itertools import groupby
 from pathlib import Path
 
-import tensorpress
 from tensorpress.batch.matrix import Matrix, RunSpec, select_shard
 from tensorpress.batch.summary import build_summary, run_metrics, write_summary
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.atomic import write_text_atomic
 from tensorpress.infra.progress import Progress
+from tensorpress.version import __version__
 
 RUN_FILE = "run.json"
 
@@ -137,14 +137,16 @@ def _run_one(matrix, run: RunSpec, out: Path, base, base_error, device: str, pro
         "recipe_label": run.recipe.label,
         "recipe_hash": run.recipe.content_hash,
         "key": run.key,
-        "tensorpress_version": tensorpress.__version__,
+        "tensorpress_version": __version__,
         "folder": f"runs/{run.id}",
     }
+    from tensorpress.pipeline.run import compress  # torch: imported only when a run starts
+
     t0 = time.perf_counter()
     try:
         if base_error is not None:
             raise TensorpressError(f"base evaluation failed: {base_error}")
-        result = tensorpress.compress(
+        result = compress(
             run.model,
             run.recipe.recipe,
             folder,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from html import escape
 from pathlib import Path
 
-import tensorpress
 from tensorpress.batch.matrix import GATE_METRICS, Gate
 from tensorpress.infra.atomic import write_text_atomic
+from tensorpress.version import __version__
 
 TABLE_HEADER = ["model", "recipe", "ppl", "Δppl %", "KL", "top-1", "bits/weight", "bytes", "seconds", "gates"]
 SECONDS_COLUMN = TABLE_HEADER.index("seconds")
@@ -53,7 +54,7 @@ def build_summary(matrix: dict, records: list[dict], shards: list[str] | None = 
     present = {r["index"] for r in runs}
     missing = [i for i in range(total) if i not in present] if expect_all else []
     return {
-        "tensorpress_version": tensorpress.__version__,
+        "tensorpress_version": __version__,
         "matrix": matrix,
         "shards": shards,
         "runs_in_matrix": total,
@@ -167,12 +168,77 @@ def render_junit(summary: dict) -> str:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    from tensorpress.evaluation.html_report import render_summary_html
-
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "summary.md", render_markdown(summary))
     write_text_atomic(out / "junit.xml", render_junit(summary))
     write_text_atomic(out / "summary.html", render_summary_html(summary))
+
+
+def render_summary_html(summary: dict) -> str:
+    """summary.html: the runs table (linked to each report.html), quality vs size with each model's Pareto front,
+    the gates and the failed runs, built from the report page's pieces."""
+    from tensorpress.evaluation import charts  # matplotlib: imported only when writing
+    from tensorpress.evaluation.html_report import img, num, page, section, table
+
+    rows = []
+    for run, cells in zip(summary["runs"], table_rows(summary), strict=True):
+        html_cells = [escape(c) for c in cells]
+        link = run.get("report_html")
+        if link:
+            html_cells[1] = f'<a href="{escape(link)}">{html_cells[1]}</a>'
+        status = cells[-1]
+        html_cells[-1] = f'<td class="{"pass" if status == "pass" else "fail"}">{escape(status)}</td>'
+        rows.append(html_cells)
+    runs = table(TABLE_HEADER, rows, numeric=set(range(2, len(TABLE_HEADER) - 1)), cls="summary")
+    ok = summary.get("ok")
+    verdict = (
+        "all runs finished and every gate passed"
+        if ok
+        else f"{summary.get('runs_failed', 0)} run(s) failed, {summary.get('gates_failed', 0)} gate(s) failed"
+        + (f", {len(summary['missing_runs'])} run(s) missing" if summary.get("missing_runs") else "")
+    )
+    body = section("summary", "Summary", [f"<p><strong>{escape(verdict)}</strong></p>", runs])
+    points = [
+        {**(run.get("metrics") or {}), "model": run["model_label"], "recipe": run["recipe_label"]}
+        for run in summary["runs"]
+        if run["status"] == "ok"
+    ]
+    body += section(
+        "quality-size",
+        "Quality vs size",
+        [
+            img(charts.quality_size_chart(points), "quality vs size"),
+            "<p>One point per run; circled points form the Pareto front (no other recipe is both smaller and"
+            " better) of each model.</p>",
+        ],
+    )
+    gate_rows = []
+    for run in summary["runs"]:
+        for g in run.get("gates", []):
+            status = "pass" if g["passed"] else "fail"
+            gate_rows.append(
+                [
+                    escape(f"{run['model_label']} × {run['recipe_label']}"),
+                    escape(g["name"]),
+                    escape(num(g.get("value"))),
+                    f'<td class="{status}">{status}</td>',
+                ]
+            )
+    body += section(
+        "gates",
+        "Gates",
+        [table(["run", "gate", "value", "status"], gate_rows, numeric={2}, cls="gates")]
+        if gate_rows
+        else ["<p><em>No gates.</em></p>"],
+    )
+    errors = [r for r in summary["runs"] if r["status"] == "failed"]
+    if errors:
+        body += section(
+            "errors",
+            "Failed runs",
+            ["<ul>", *[f"<li>{escape(r['id'])}: {escape(r.get('error') or '')}</li>" for r in errors], "</ul>"],
+        )
+    return page("tensorpress batch summary", body)
 
 
 def _f(v, spec: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tensorpress.compressors.base import LayerWork
+from tensorpress.calibration.layer_work import LayerWork
 from tensorpress.model.architecture import in_out
 
 

@@ -41,10 +41,11 @@ def batch_cmd(
 
     spec = load_matrix(matrix)
     summary = run_batch(spec, out, shard=parse_shard(shard), device=device, progress=auto_progress(quiet))
-    return _finish(summary, out, quiet)
+    return finish(summary, out, quiet)
 
 
-def _finish(summary: dict, out, quiet: bool) -> int:
+def finish(summary: dict, out, quiet: bool) -> int:
+    """Print the summary table (unless quiet) and return the exit code: 1 when a run or a gate failed."""
     if not quiet:
         from tensorpress.batch.summary import render_markdown
 

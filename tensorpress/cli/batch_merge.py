@@ -26,6 +26,6 @@ def batch_merge_cmd(
     quiet: Quiet = False,
 ) -> int:
     from tensorpress.batch.merge import merge_batches
-    from tensorpress.cli.batch import _finish
+    from tensorpress.cli.batch import finish
 
-    return _finish(merge_batches(dirs, out), out, quiet)
+    return finish(merge_batches(dirs, out), out, quiet)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tensorpress.compressors.base import Compressor, LayerWork
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.compressors.base import Compressor
 
 
 @dataclass

@@ -13,9 +13,11 @@ from functools import partial
 
 import torch
 
-from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.compressors.base import Compressor, ConfigError
+from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.compressors.rtn import validate_scheme
-from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.structure import EoRACorrection
 
 COMPRESSORS_BEFORE = ("rtn", "gptq", "prune")

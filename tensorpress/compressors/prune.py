@@ -15,10 +15,17 @@ from typing import Literal
 
 import torch
 
-from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
-from tensorpress.compressors.sparsity import FixedMask, SparseGPTSelect, magnitude_keep, parse_pattern, wanda_keep
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.compressors.base import Compressor, ConfigError
+from tensorpress.compressors.sparsity import (
+    PendingSparseGPT,
+    SparseGPTSelect,
+    magnitude_keep,
+    parse_pattern,
+    wanda_keep,
+)
 from tensorpress.errors import TensorpressError
-from tensorpress.model.structure import SparseWeight
+from tensorpress.formats.sparse import SparseWeight
 
 
 @dataclass
@@ -65,14 +72,6 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.method != "magnitude" or self.layerwise == "owl"
-
-
-@dataclass
-class PendingSparseGPT:
-    """A SparseGPT prune deferred to the following GPTQ step (joint mode)."""
-
-    select: SparseGPTSelect
-    pattern: tuple[int, int] | None
 
 
 class Prune(Compressor):
@@ -182,31 +181,10 @@ def sparsegpt_prune(
     where: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT without quantization: (pruned W (out, in), keep mask (out, in))."""
-    from tensorpress.compressors.gptq import gptq_quantize
+    from tensorpress.compressors.gptq_sweep import gptq_quantize
 
     try:
         res = gptq_quantize(W, H, None, torch.float32, block_size, dampening, prune=SparseGPTSelect(sparsity, nm))
     except ValueError as e:
         raise TensorpressError(f"prune: {where}: {e}") from e
     return res.dense, ~res.pruned
-
-
-def prune_hook_for(work: LayerWork, name: str):
-    """The `prune` hook a quantizing sweep (GPTQ) must honour for this module, or None if dense."""
-    rec = work.sparse.get(name)
-    if rec is None:
-        return None
-    if isinstance(rec, PendingSparseGPT):
-        return rec.select
-    return FixedMask(rec.mask)
-
-
-def finish_pruned_quantization(work: LayerWork, name: str, res) -> None:
-    """After GPTQ swept a pruned module: record the final mask and dense values (joint mode)."""
-    rec = work.sparse.get(name)
-    if rec is None:
-        return
-    keep = ~res.pruned
-    pattern = rec.pattern
-    work.sparse[name] = SparseWeight(keep, res.qw.dequantize().masked_fill(res.pruned, 0.0), pattern)
-    work.structure.setdefault(name, {}).update(work.sparse[name].describe())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
-from tensorpress.formats.quantized import QuantScheme, rtn_quantize
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.compressors.base import Compressor, ConfigError
+from tensorpress.compressors.quantize import rtn_quantize
+from tensorpress.formats.quantized import QuantScheme
 
 
 @dataclass

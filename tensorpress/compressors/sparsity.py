@@ -1,13 +1,17 @@
 """Pruning math: which weights to drop (magnitude, Wanda, SparseGPT's adaptive selection), N:M
-patterns, and OWL's outlier-weighted layer sparsities. Masks are bool, True = kept, unless named
-`pruned`.
+patterns, OWL's outlier-weighted layer sparsities, and the mask a quantizing sweep (GPTQ) must honour.
+Masks are bool, True = kept, unless named `pruned`.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
+
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.formats.sparse import SparseWeight
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
@@ -116,3 +120,32 @@ def owl_sparsities(ratios: list[float], sparsity: float, lam: float) -> list[flo
     dens = (d - d.min()) / spread * 2 * lam if spread > 0 else torch.zeros_like(d)
     dens = dens - dens.mean() + (1 - sparsity)
     return [float(1 - x) for x in dens]
+
+
+@dataclass
+class PendingSparseGPT:
+    """A SparseGPT prune deferred to the following GPTQ step (joint mode)."""
+
+    select: SparseGPTSelect
+    pattern: tuple[int, int] | None
+
+
+def prune_hook_for(work: LayerWork, name: str):
+    """The `prune` hook a quantizing sweep (GPTQ) must honour for this module, or None if dense."""
+    rec = work.sparse.get(name)
+    if rec is None:
+        return None
+    if isinstance(rec, PendingSparseGPT):
+        return rec.select
+    return FixedMask(rec.mask)
+
+
+def finish_pruned_quantization(work: LayerWork, name: str, res) -> None:
+    """After GPTQ swept a pruned module: record the final mask and dense values (joint mode)."""
+    rec = work.sparse.get(name)
+    if rec is None:
+        return
+    keep = ~res.pruned
+    pattern = rec.pattern
+    work.sparse[name] = SparseWeight(keep, res.qw.dequantize().masked_fill(res.pruned, 0.0), pattern)
+    work.structure.setdefault(name, {}).update(work.sparse[name].describe())

@@ -15,7 +15,8 @@ from typing import Literal
 
 import torch
 
-from tensorpress.compressors.base import Compressor, ConfigError, LayerWork
+from tensorpress.calibration.layer_work import LayerWork
+from tensorpress.compressors.base import Compressor, ConfigError
 from tensorpress.errors import TensorpressError
 from tensorpress.model.structure import LowRankLinear, replace_module
 

@@ -24,7 +24,7 @@ img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: 
 """
 
 
-def _page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str]) -> str:
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -39,11 +39,11 @@ def _page(title: str, body: list[str]) -> str:
     )
 
 
-def _num(v, spec: str = ".4g") -> str:
+def num(v, spec: str = ".4g") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), cls: str = "") -> str:
+def table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), cls: str = "") -> str:
     """rows hold already-escaped HTML cells."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
@@ -59,13 +59,13 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _img(uri: str | None, alt: str) -> str:
+def img(uri: str | None, alt: str) -> str:
     if uri is None:
         return f"<p><em>No data for {escape(alt)}.</em></p>"
     return f'<img src="{uri}" alt="{escape(alt)}">'
 
 
-def _section(sid: str, title: str, content: list[str]) -> list[str]:
+def section(sid: str, title: str, content: list[str]) -> list[str]:
     return [f'<section id="{sid}">', f"<h2>{escape(title)}</h2>", *content, "</section>"]
 
 
@@ -74,22 +74,22 @@ def render_report_html(r: dict) -> str:
     recipe_name = (r.get("recipe") or {}).get("name") or "recipe"
     pct = r.get("ppl_increase_pct")
     top1 = r.get("top1_agreement")
-    metrics = _table(
+    metrics = table(
         ["metric", "base", "compressed"],
         [
-            ["perplexity", _num(r.get("ppl_base")), _num(r.get("ppl"))],
+            ["perplexity", num(r.get("ppl_base")), num(r.get("ppl"))],
             ["size (MiB)", f"{r['size_bytes_base'] / mib:.1f}", f"{r['size_bytes'] / mib:.1f}"],
             ["perplexity change", "", "—" if pct is None else f"{pct:+.2f} %"],
-            ["KL(base ‖ compressed) per token", "", _num(r.get("kl"))],
+            ["KL(base ‖ compressed) per token", "", num(r.get("kl"))],
             ["top-1 agreement with base", "", "—" if top1 is None else f"{top1:.2%}"],
-            ["bits per quantized weight", "", _num(r.get("bits_per_weight"))],
-            ["bits per parameter, whole checkpoint", "", _num(r.get("bits_per_param_overall"))],
+            ["bits per quantized weight", "", num(r.get("bits_per_weight"))],
+            ["bits per parameter, whole checkpoint", "", num(r.get("bits_per_param_overall"))],
         ],
         numeric={1, 2},
         cls="metrics",
     )
     ev = r.get("eval") or {}
-    body = _section(
+    body = section(
         "summary",
         "Summary",
         [
@@ -100,19 +100,19 @@ def render_report_html(r: dict) -> str:
         ],
     )
     errors, what = charts.layer_errors(r)
-    body += _section(
+    body += section(
         "layer-error",
         "Error per layer",
-        [_img(charts.layer_error_chart(errors, what), what)],
+        [img(charts.layer_error_chart(errors, what), what)],
     )
     comps = r.get("bytes_by_component") or {}
     comp_rows = [[escape(k), f"{v:,}", f"{v / mib:.2f}"] for k, v in comps.items()]
-    body += _section(
+    body += section(
         "bytes",
         "Bytes by component",
         [
-            _img(charts.component_chart(comps, r.get("size_bytes_base")), "bytes by component"),
-            _table(["component", "bytes", "MiB"], comp_rows, numeric={1, 2}, cls="components"),
+            img(charts.component_chart(comps, r.get("size_bytes_base")), "bytes by component"),
+            table(["component", "bytes", "MiB"], comp_rows, numeric={1, 2}, cls="components"),
         ],
     )
     conts = r.get("continuations") or []
@@ -124,81 +124,17 @@ def render_report_html(r: dict) -> str:
         ]
         for c in conts
     ]
-    body += _section(
+    body += section(
         "continuations",
         "Greedy continuations",
-        [_table(["prompt", "base", "compressed"], cont_rows, cls="continuations")]
+        [table(["prompt", "base", "compressed"], cont_rows, cls="continuations")]
         if conts
         else ["<p><em>Not computed.</em></p>"],
     )
     if r.get("seconds"):
         stage_rows = [[escape(k), f"{v:.1f}"] for k, v in r["seconds"].items()]
-        body += _section("time", "Time", [_table(["stage", "seconds"], stage_rows, numeric={1})])
+        body += section("time", "Time", [table(["stage", "seconds"], stage_rows, numeric={1})])
     if r.get("notes"):
-        body += _section("notes", "Notes", ["<ul>", *[f"<li>{escape(n)}</li>" for n in r["notes"]], "</ul>"])
-    body += _section("recipe", "Recipe", [f"<pre>{escape(json.dumps(r.get('recipe'), indent=2))}</pre>"])
-    return _page(f"tensorpress report — {recipe_name} on {r['model']}", body)
-
-
-def render_summary_html(summary: dict) -> str:
-    from tensorpress.batch.summary import TABLE_HEADER, table_rows
-
-    rows = []
-    for run, cells in zip(summary["runs"], table_rows(summary), strict=True):
-        html_cells = [escape(c) for c in cells]
-        link = run.get("report_html")
-        if link:
-            html_cells[1] = f'<a href="{escape(link)}">{html_cells[1]}</a>'
-        status = cells[-1]
-        html_cells[-1] = f'<td class="{"pass" if status == "pass" else "fail"}">{escape(status)}</td>'
-        rows.append(html_cells)
-    table = _table(TABLE_HEADER, rows, numeric=set(range(2, len(TABLE_HEADER) - 1)), cls="summary")
-    ok = summary.get("ok")
-    verdict = (
-        "all runs finished and every gate passed"
-        if ok
-        else f"{summary.get('runs_failed', 0)} run(s) failed, {summary.get('gates_failed', 0)} gate(s) failed"
-        + (f", {len(summary['missing_runs'])} run(s) missing" if summary.get("missing_runs") else "")
-    )
-    body = _section("summary", "Summary", [f"<p><strong>{escape(verdict)}</strong></p>", table])
-    points = [
-        {**(run.get("metrics") or {}), "model": run["model_label"], "recipe": run["recipe_label"]}
-        for run in summary["runs"]
-        if run["status"] == "ok"
-    ]
-    body += _section(
-        "quality-size",
-        "Quality vs size",
-        [
-            _img(charts.quality_size_chart(points), "quality vs size"),
-            "<p>One point per run; circled points form the Pareto front (no other recipe is both smaller and"
-            " better) of each model.</p>",
-        ],
-    )
-    gate_rows = []
-    for run in summary["runs"]:
-        for g in run.get("gates", []):
-            status = "pass" if g["passed"] else "fail"
-            gate_rows.append(
-                [
-                    escape(f"{run['model_label']} × {run['recipe_label']}"),
-                    escape(g["name"]),
-                    escape(_num(g.get("value"))),
-                    f'<td class="{status}">{status}</td>',
-                ]
-            )
-    body += _section(
-        "gates",
-        "Gates",
-        [_table(["run", "gate", "value", "status"], gate_rows, numeric={2}, cls="gates")]
-        if gate_rows
-        else ["<p><em>No gates.</em></p>"],
-    )
-    errors = [r for r in summary["runs"] if r["status"] == "failed"]
-    if errors:
-        body += _section(
-            "errors",
-            "Failed runs",
-            ["<ul>", *[f"<li>{escape(r['id'])}: {escape(r.get('error') or '')}</li>" for r in errors], "</ul>"],
-        )
-    return _page("tensorpress batch summary", body)
+        body += section("notes", "Notes", ["<ul>", *[f"<li>{escape(n)}</li>" for n in r["notes"]], "</ul>"])
+    body += section("recipe", "Recipe", [f"<pre>{escape(json.dumps(r.get('recipe'), indent=2))}</pre>"])
+    return page(f"tensorpress report — {recipe_name} on {r['model']}", body)

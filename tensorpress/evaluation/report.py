@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import tensorpress
 from tensorpress.formats.sizes import bytes_by_component, size_stats
 from tensorpress.infra.atomic import write_text_atomic
 from tensorpress.infra.resources import StageMeter
 from tensorpress.model.checkpoint import Checkpoint
+from tensorpress.version import __version__
 
 
 def build_report(
@@ -18,7 +18,7 @@ def build_report(
     sizes = size_stats(out)
     base_sizes = size_stats(ckpt.folder)
     report = {
-        "tensorpress_version": tensorpress.__version__,
+        "tensorpress_version": __version__,
         "model": ckpt.spec,
         "ppl_base": metrics.get("ppl_base"),
         "ppl": metrics["ppl"],

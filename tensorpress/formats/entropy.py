@@ -35,8 +35,8 @@ import xxhash
 import zstandard
 
 from tensorpress.errors import TensorpressError
+from tensorpress.formats.dtypes import DTYPE_NAMES, DTYPES
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
-from tensorpress.formats.safetensors_io import DTYPE_NAMES, DTYPES
 
 FRAME_BYTES = 1 << 20  # raw bytes per frame
 MAX_FRAME_ELEMS = 1 << 22  # a reader refuses frames larger than this (elements)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.lossless import TABLE_KEY, coded_info, coded_table
+from tensorpress.formats.entropy_table import TABLE_KEY, coded_info, coded_table
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
 from tensorpress.formats.sizes import COUNTED_PARTS, size_stats
 

@@ -18,23 +18,8 @@ import torch
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.entropy import encode_tensor
+from tensorpress.formats.entropy_table import TABLE_KEY
 from tensorpress.formats.safetensors_io import SafetensorsReader, ShardWriter, weight_files
-
-TABLE_KEY = "tensorpress.entropy"
-
-
-def coded_table(metadata: dict[str, str], where: str) -> dict[str, dict]:
-    """The frame table of one shard ({} for a plain shard); a damaged table is an error naming the file."""
-    raw = metadata.get(TABLE_KEY)
-    if raw is None:
-        return {}
-    try:
-        table = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise TensorpressError(f"{where}: corrupt entropy table ({e})") from e
-    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-        raise TensorpressError(f"{where}: corrupt entropy table")
-    return table
 
 
 def code_folder(folder: Path, level: str, bits: dict[str, int] | None = None, threads: int | None = None) -> dict:
@@ -83,22 +68,3 @@ def _fix_index(folder: Path) -> None:
 def packed_bits(schemes: dict) -> dict[str, int]:
     """Module name → QuantScheme (pipeline stats) → weight_packed tensor name → bits."""
     return {f"{m}.weight_packed": s.bits for m, s in schemes.items()}
-
-
-def coded_info(entry: dict | None, coded_bytes: int) -> dict:
-    """What `inspect` shows of a coded tensor: its real dtype and shape, raw bytes and the ratio."""
-    if entry is None:
-        return {}
-    info = {
-        "dtype": entry.get("dtype"),
-        "shape": entry.get("shape"),
-        "raw_bytes": entry.get("raw_bytes", 0),
-        "ratio": coded_bytes / entry["raw_bytes"] if entry.get("raw_bytes") else None,
-        "layout": entry.get("layout"),
-    }
-    bits = entry.get("codes_bits")
-    if bits:
-        rows, words = entry["shape"]
-        info["codes_bits"] = bits
-        info["bits_per_code"] = 8 * coded_bytes / (rows * words * 32 // bits) if rows * words else None
-    return info

@@ -1,4 +1,4 @@
-"""Integer weight quantization math: group layout, quantization parameters, quantize, dequantize.
+"""The quantized-weight record and its group layout: scheme, codes, scales, zero points, dequantize.
 
 Conventions follow the compressed-tensors `pack-quantized` format so that what the pipeline computes
 with is bit-for-bit what transformers/vLLM will compute with after loading:
@@ -69,56 +69,6 @@ def expand_groups(x: torch.Tensor, in_features: int, scheme: QuantScheme) -> tor
     return x[:, group_index(in_features, scheme, x.device)]
 
 
-def minmax_params(
-    w_min: torch.Tensor, w_max: torch.Tensor, scheme: QuantScheme, scale_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scale and zero point from per-group extremes. Shapes (out, G) → (out, G), (out, G) | None.
-
-    The scale is rounded to `scale_dtype` here, before any code is computed, so codes are chosen
-    against the scale that will actually be stored.
-    """
-    w_min = torch.minimum(w_min, torch.zeros_like(w_min)).float()
-    w_max = torch.maximum(w_max, torch.zeros_like(w_max)).float()
-    levels = (1 << scheme.bits) - 1
-    if scheme.symmetric:
-        amax = torch.maximum(-w_min, w_max)
-        scale = amax / (levels / 2)
-    else:
-        scale = (w_max - w_min) / levels
-    # An all-zero group gets scale 1: its codes are then 0 and it dequantizes to exactly 0.
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(scale_dtype)
-    if scheme.symmetric:
-        return scale, None
-    zero = torch.round(-w_min / scale.float()) + scheme.qmin
-    zero = zero.clamp(scheme.qmin, scheme.qmax).to(torch.int8)
-    return scale, zero
-
-
-def group_extremes(w: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group min and max of an (out, in) weight → two (out, G) tensors."""
-    out_f, in_f = w.shape
-    g = scheme.group_len(in_f)
-    n_groups = scheme.groups(in_f)
-    pad = n_groups * g - in_f
-    if pad:
-        # Pad the short last group with its own first value so padding never moves min or max.
-        filler = w[:, (n_groups - 1) * g : (n_groups - 1) * g + 1].expand(out_f, pad)
-        w = torch.cat([w, filler], dim=1)
-    w = w.reshape(out_f, n_groups, g)
-    return w.amin(dim=2), w.amax(dim=2)
-
-
-def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: QuantScheme) -> torch.Tensor:
-    """Codes for an (out, in) or (out, k) slice given per-column scale and zero. Returns int8.
-
-    `scale`/`zero` must already be expanded to w's shape (or broadcastable to it).
-    """
-    q = torch.round(w.float() / scale.float())
-    if zero is not None:
-        q = q + zero.float()
-    return q.clamp(scheme.qmin, scheme.qmax).to(torch.int8)
-
-
 def dequantize(
     codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: QuantScheme
 ) -> torch.Tensor:
@@ -129,14 +79,3 @@ def dequantize(
     if zero is not None:
         w = w - expand_groups(zero, in_f, scheme).float()
     return w * s
-
-
-def rtn_quantize(w: torch.Tensor, scheme: QuantScheme, scale_dtype: torch.dtype) -> QuantizedWeight:
-    """Round-to-nearest: min/max parameters per group, then round every weight. w: (out, in)."""
-    w = w.float()
-    w_min, w_max = group_extremes(w, scheme)
-    scale, zero = minmax_params(w_min, w_max, scheme, scale_dtype)
-    in_f = w.shape[1]
-    z = expand_groups(zero, in_f, scheme) if zero is not None else None
-    codes = quantize_with(w, expand_groups(scale, in_f, scheme), z, scheme)
-    return QuantizedWeight(scheme, codes, scale, zero)

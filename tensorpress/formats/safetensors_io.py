@@ -18,20 +18,9 @@ from pathlib import Path
 import torch
 
 from tensorpress.errors import TensorpressError
+from tensorpress.formats.dtypes import DTYPE_NAMES, DTYPES
+from tensorpress.formats.entropy_table import TABLE_KEY, coded_table
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -108,9 +97,7 @@ class SafetensorsReader:
         for path in files:
             infos, meta = read_header(path)
             self.metadata.update(meta)
-            if "tensorpress.entropy" in meta:
-                from tensorpress.formats.lossless import TABLE_KEY, coded_table
-
+            if TABLE_KEY in meta:
                 self.coded.update(coded_table(meta, str(path)))
                 self.metadata.pop(TABLE_KEY)
             with open(path, "rb") as f:

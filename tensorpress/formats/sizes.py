@@ -10,7 +10,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from tensorpress.formats.lossless import coded_table
+from tensorpress.formats.entropy_table import coded_table
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")

@@ -18,15 +18,29 @@ So a 50% unstructured BF16 weight costs 1 + 8 bits per weight (56.25% of dense),
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize, expand_groups
-from tensorpress.model.structure import SparseWeight
 
 SPARSE_PARTS = ("weight_mask", "weight_mask_index", "weight_values")
+
+
+@dataclass
+class SparseWeight:
+    """A pruned (out, in) weight. `pattern` (n, m): exactly n zeros in every m consecutive inputs."""
+
+    mask: torch.Tensor  # (out, in) bool, True = kept
+    weight: torch.Tensor  # (out, in) float32, 0 where pruned, values as stored when no quantizer follows
+    pattern: tuple[int, int] | None = None
+
+    def describe(self) -> dict:
+        density = float(self.mask.float().mean())
+        kind = f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else "unstructured"
+        return {"sparse": kind, "density": round(density, 6)}
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

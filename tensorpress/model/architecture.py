@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tensorpress.errors import TensorpressError
+from tensorpress.model.structure import LowRankLinear, replace_module
 
 try:
     from transformers.pytorch_utils import Conv1D
@@ -106,8 +107,6 @@ def build_skeleton(config_dict: dict, checkpoint_names: list[str]) -> Skeleton:
         archs = ",".join(cfg.get("architectures") or [model_type or "?"])
         raise TensorpressError(f"architecture {archs} is not a causal language model tensorpress can load") from e
     model.eval()
-    from tensorpress.model.structure import substitute_structure
-
     substitute_structure(model, (config_dict.get("tensorpress") or {}).get("structure"))  # low-rank modules
     n_layers = getattr(config, "num_hidden_layers", None)
     found = [
@@ -122,6 +121,23 @@ def build_skeleton(config_dict: dict, checkpoint_names: list[str]) -> Skeleton:
     layers_name, layers = found[0]
     name_map, tied, packed = _map_names(model, config, set(checkpoint_names))
     return Skeleton(model, layers_name, layers, name_map, tied, packed)
+
+
+def substitute_structure(model: nn.Module, structure: dict | None) -> None:
+    """Rebuild low-rank modules in a (meta) skeleton from config.json's structure entries."""
+    for name, desc in (structure or {}).items():
+        svd = desc.get("svd") if isinstance(desc, dict) else None
+        if not svd:
+            continue
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(old, LowRankLinear):
+            continue
+        out_f, in_f = get_weight(old).shape
+        new = LowRankLinear(in_f, out_f, int(svd["rank"]), old.bias is not None, device="meta")
+        replace_module(model, name, new)
 
 
 def _map_names(model: nn.Module, config, on_disk: set[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:

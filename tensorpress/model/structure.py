@@ -1,8 +1,8 @@
 """Structural records shared by the pipeline, the packer and the loader: sparse weights, low-rank
 modules and EoRA corrections.
 
-- A pruned Linear keeps its module; `LayerWork.sparse[name]` holds its mask (and a later quantizer's
-  codes are packed at the kept positions only).
+- A pruned Linear keeps its module; `LayerWork.sparse[name]` holds its mask, a `SparseWeight` (defined with
+  its byte layout in tensorpress/formats/sparse.py; a later quantizer's codes are packed at the kept positions only).
 - A low-rank Linear is replaced by `LowRankLinear` (two real Linears, `svd_v`: in→r then `svd_u`:
   r→out), so quantizers, hooks and the loader treat each factor as an ordinary Linear.
 - An EoRA correction B·A is added to the module's weight while the pipeline runs and stored as two
@@ -19,20 +19,6 @@ import torch
 from torch import nn
 
 FACTOR_SUFFIXES = (".svd_u", ".svd_v")
-
-
-@dataclass
-class SparseWeight:
-    """A pruned (out, in) weight. `pattern` (n, m): exactly n zeros in every m consecutive inputs."""
-
-    mask: torch.Tensor  # (out, in) bool, True = kept
-    weight: torch.Tensor  # (out, in) float32, 0 where pruned, values as stored when no quantizer follows
-    pattern: tuple[int, int] | None = None
-
-    def describe(self) -> dict:
-        density = float(self.mask.float().mean())
-        kind = f"{self.pattern[0]}:{self.pattern[1]}" if self.pattern else "unstructured"
-        return {"sparse": kind, "density": round(density, 6)}
 
 
 @dataclass
@@ -65,25 +51,6 @@ class LowRankLinear(nn.Module):
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
-def substitute_structure(model: nn.Module, structure: dict | None) -> None:
-    """Rebuild low-rank modules in a (meta) skeleton from config.json's structure entries."""
-    for name, desc in (structure or {}).items():
-        svd = desc.get("svd") if isinstance(desc, dict) else None
-        if not svd:
-            continue
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(old, LowRankLinear):
-            continue
-        from tensorpress.model.architecture import get_weight
-
-        out_f, in_f = get_weight(old).shape
-        new = LowRankLinear(in_f, out_f, int(svd["rank"]), old.bias is not None, device="meta")
-        replace_module(model, name, new)
 
 
 def expand_factors(work, targets: list[str]) -> list[str]:

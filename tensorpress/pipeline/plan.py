@@ -1,4 +1,5 @@
-"""How structural steps (svd, prune, eora) compose with quantizers, decided per module at plan time.
+"""Planning: which modules each step compresses, and how structural steps (svd, prune, eora) compose with
+quantizers, decided per module before any work.
 
 Allowed per module, in recipe order: [svd | prune] → [rtn | gptq] → [eora]. Everything else is an
 error naming the step index, before any work starts. A `sparsegpt` prune followed by `gptq` on the
@@ -10,9 +11,47 @@ from __future__ import annotations
 
 import torch
 
+from tensorpress.calibration.forward import run_layer
+from tensorpress.compressors.sparsity import outlier_ratio, owl_sparsities, wanda_score
 from tensorpress.errors import TensorpressError
+from tensorpress.model.architecture import Skeleton, get_weight, is_linear, materialize, release
+from tensorpress.model.structure import expand_factors
+from tensorpress.pipeline.recipe import Recipe
 
 STRUCTURAL = ("svd", "prune", "eora")
+
+
+def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
+    """Step index → full names of the Linear modules it compresses; impossible plans are errors."""
+    layer_prefix = skel.layers_name + "."
+    head = skel.lm_head_name()
+    candidates = [
+        name
+        for name, mod in skel.model.named_modules()
+        if is_linear(mod) and (name.startswith(layer_prefix) or name == head)
+    ]
+    plan: dict[int, list[str]] = {}
+    quantized_by: dict[str, int] = {}
+    for step in recipe.steps:
+        if step.cls.lossless:
+            plan[step.index] = []
+            continue
+        names = [n for n in candidates if step.selects(n)]
+        where = f"recipe '{recipe.source}': steps[{step.index}].{step.name}"
+        if not names:
+            raise TensorpressError(f"{where}: targets/ignore select no Linear module of {skel.arch}")
+        if step.cls.quantizes:
+            for n in names:
+                if n in quantized_by:
+                    raise TensorpressError(
+                        f"{where}: {n} is already quantized by steps[{quantized_by[n]}]; one quantizer per module"
+                    )
+                quantized_by[n] = step.index
+        if head in names and step.needs_calibration:
+            raise TensorpressError(f"{where}: calibrated compressors cannot target {head} yet; add it to ignore")
+        plan[step.index] = names
+    check_plan(skel, recipe, plan)  # per-module order of svd / prune / quantizers / eora
+    return plan
 
 
 def _kind(step) -> str:
@@ -102,8 +141,6 @@ def prepare_steps(recipe, plan, compressors, skel, ckpt, inputs, kwargs_list, de
             ratios = owl_outlier_ratios(
                 skel, ckpt, inputs[: cfg.owl_batches], kwargs_list, plan[step.index], cfg.owl_threshold, device
             )
-            from tensorpress.compressors.sparsity import owl_sparsities
-
             layers = sorted(ratios)
             sp = owl_sparsities([ratios[i] for i in layers], cfg.sparsity, cfg.owl_lambda)
             compressors[step.index].layer_sparsity = dict(zip(layers, sp, strict=True))
@@ -112,9 +149,6 @@ def prepare_steps(recipe, plan, compressors, skel, ckpt, inputs, kwargs_list, de
 def owl_outlier_ratios(skel, ckpt, inputs, kwargs_list, names, threshold: float, device) -> dict[int, float]:
     """Per decoder layer: OWL's outlier ratio of the Wanda scores |W|·‖x‖ of the targeted modules, from
     a forward pass of the *dense* model over the given calibration batches (one layer in memory at a time)."""
-    from tensorpress.compressors.sparsity import outlier_ratio, wanda_score
-    from tensorpress.model.architecture import get_weight, materialize, release
-    from tensorpress.pipeline.run import _run_layer
 
     xs = [x.clone() for x in inputs]
     ratios: dict[int, float] = {}
@@ -134,7 +168,7 @@ def owl_outlier_ratios(skel, ckpt, inputs, kwargs_list, names, threshold: float,
         handles = [layer.get_submodule(n[len(prefix) :]).register_forward_pre_hook(hook_for(n)) for n in mine]
         try:
             with torch.no_grad():
-                xs = [_run_layer(layer, x, kwargs_list[b]) for b, x in enumerate(xs)]
+                xs = [run_layer(layer, x, kwargs_list[b]) for b, x in enumerate(xs)]
         finally:
             for h in handles:
                 h.remove()
@@ -147,6 +181,4 @@ def owl_outlier_ratios(skel, ckpt, inputs, kwargs_list, names, threshold: float,
 
 def step_targets(work, step, targets: list[str]) -> list[str]:
     """What a step compresses in this layer: a quantizer after svd quantizes both factors."""
-    from tensorpress.model.structure import expand_factors
-
     return expand_factors(work, targets) if step.cls.quantizes else targets
