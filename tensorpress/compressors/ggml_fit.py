@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from tensorpress.formats.ggml_types import BlockParams, GGMLQuantized, GGMLType, dequant, fp16, grid, round_codes
+from tensorpress.formats.quantized import QuantScheme
 
 
 def _fit_symmetric(x: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, steps: int = 16) -> torch.Tensor:
@@ -189,3 +190,11 @@ def quantize_rtn(t: GGMLType, W: torch.Tensor, h: torch.Tensor | None = None) ->
     s, o = q0.scale_offset()
     q0.codes = round_codes(W.float(), s, o, t).to(torch.int8)
     return q0
+
+
+def search_scheme(scheme: QuantScheme) -> QuantScheme:
+    """The integer scheme closest to a GGUF type, for searches that only need its error behaviour (AWQ's
+    scale and clip search): fitting the type's exact grid at every grid point would cost ~10× more."""
+    if scheme.ggml is None:
+        return scheme
+    return QuantScheme(scheme.bits, scheme.group_size, scheme.symmetric)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tensorpress.formats.quantized import QuantScheme
+
 QK_K = 256
 
 
@@ -45,6 +47,11 @@ class GGMLType:
     sc_max: int  # K-types: largest sub-scale integer (0 for the 32-blocks, whose d is the scale)
     sc_signed: bool  # K-types: sub-scales may be negative
     type_size: int  # bytes per block
+    bits: int  # bits of a code
+
+    def scheme(self) -> QuantScheme:
+        """The record's scheme for reports: code bits, sub-block length, whether it has mins."""
+        return QuantScheme(self.bits, self.sub, not self.affine, ggml=self.name)
 
     @property
     def nsub(self) -> int:
@@ -62,16 +69,16 @@ class GGMLType:
 TYPES: dict[str, GGMLType] = {
     t.name: t
     for t in [
-        GGMLType("Q8_0", 8, 32, 32, -127, 127, False, 0, False, 34),
-        GGMLType("Q4_0", 2, 32, 32, -8, 7, False, 0, False, 18),
-        GGMLType("Q4_1", 3, 32, 32, 0, 15, True, 0, False, 20),
-        GGMLType("Q5_0", 6, 32, 32, -16, 15, False, 0, False, 22),
-        GGMLType("Q5_1", 7, 32, 32, 0, 31, True, 0, False, 24),
-        GGMLType("Q2_K", 10, QK_K, 16, 0, 3, True, 15, False, 84),
-        GGMLType("Q3_K", 11, QK_K, 16, -4, 3, False, 31, True, 110),
-        GGMLType("Q4_K", 12, QK_K, 32, 0, 15, True, 63, False, 144),
-        GGMLType("Q5_K", 13, QK_K, 32, 0, 31, True, 63, False, 176),
-        GGMLType("Q6_K", 14, QK_K, 16, -32, 31, False, 127, True, 210),
+        GGMLType("Q8_0", 8, 32, 32, -127, 127, False, 0, False, 34, 8),
+        GGMLType("Q4_0", 2, 32, 32, -8, 7, False, 0, False, 18, 4),
+        GGMLType("Q4_1", 3, 32, 32, 0, 15, True, 0, False, 20, 4),
+        GGMLType("Q5_0", 6, 32, 32, -16, 15, False, 0, False, 22, 5),
+        GGMLType("Q5_1", 7, 32, 32, 0, 31, True, 0, False, 24, 5),
+        GGMLType("Q2_K", 10, QK_K, 16, 0, 3, True, 15, False, 84, 2),
+        GGMLType("Q3_K", 11, QK_K, 16, -4, 3, False, 31, True, 110, 3),
+        GGMLType("Q4_K", 12, QK_K, 32, 0, 15, True, 63, False, 144, 4),
+        GGMLType("Q5_K", 13, QK_K, 32, 0, 31, True, 63, False, 176, 5),
+        GGMLType("Q6_K", 14, QK_K, 16, -32, 31, False, 127, True, 210, 6),
     ]
 }
 
@@ -226,6 +233,10 @@ class GGMLQuantized:
     codes: torch.Tensor  # (out, in) int8
     params: BlockParams  # over (out, in // block) blocks
 
+    @property
+    def scheme(self) -> QuantScheme:
+        return self.type.scheme()
+
     def scale_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-weight s and o, (out, in)."""
         s, o = grid(self.type, self.params)
@@ -233,6 +244,26 @@ class GGMLQuantized:
         s = s.repeat_interleave(self.type.sub, dim=-1).reshape(R, -1)
         o = o.repeat_interleave(self.type.sub, dim=-1).reshape(R, -1) if o is not None else None
         return s, o
+
+    def divide_rows(self, s: torch.Tensor) -> None:
+        """Divide output row r by s[r]: the block factors d, dmin (and Q4_1/Q5_1's m) of the row, rounded
+        to fp16 again, so the record stays exactly what the file will hold (codes kept)."""
+        p, col = self.params, s.float()[:, None]
+        p.d = fp16(p.d / col)
+        if p.dmin is not None:
+            p.dmin = fp16(p.dmin / col)
+        if p.m is not None:
+            p.m = fp16(p.m / col)
+
+    def rows(self, rows: slice) -> GGMLQuantized:
+        """The quantized weight of a block of rows (one module of a stacked call)."""
+        p = self.params
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return x[rows].contiguous() if x is not None else None
+
+        params = BlockParams(d=cut(p.d), dmin=cut(p.dmin), sc=cut(p.sc), mi=cut(p.mi), m=cut(p.m))
+        return GGMLQuantized(self.type, self.codes[rows].contiguous(), params)
 
     def dequantize(self) -> torch.Tensor:
         s, o = self.scale_offset()

@@ -31,6 +31,7 @@ from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_check
 from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
+from tensorpress.pipeline.schemes import module_schemes
 from tensorpress.version import __version__
 
 
@@ -77,6 +78,7 @@ def compress(
             raise TensorpressError(f"--out {out}: is the input checkpoint itself")
         skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
         plan = plan_targets(skel, rec)
+        schemes = module_schemes(skel, rec, plan)
         tokenizer = None
         if eval_text or rec.needs_calibration:
             tokenizer = load_tokenizer(ckpt.folder)
@@ -92,7 +94,9 @@ def compress(
                 calib = calibration_windows(c.text, tokenizer, c.samples, c.seqlen, c.seed)
                 inputs, kwargs_list = capture_inputs(skel, ckpt, calib, c.batch_size, device)
         with meter.stage("compress"):
-            layer_stats = compress_layers(skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes)
+            layer_stats = compress_layers(
+                skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
+            )
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
