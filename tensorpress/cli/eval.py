@@ -47,12 +47,10 @@ def eval_cmd(
     from pathlib import Path
 
     from tensorpress.evaluation.metrics import evaluate
-    from tensorpress.model.checkpoint import open_checkpoint
+    from tensorpress.model.checkpoint import recorded_base
 
     if base is None:
-        ckpt = open_checkpoint(model)
-        recorded = (ckpt.config_dict.get("tensorpress") or {}).get("base")
-        ckpt.close()
+        recorded = recorded_base(model)
         if recorded and Path(recorded).is_dir():
             base = recorded
     metrics = evaluate(model, base, text, windows, seqlen, device, progress_for(quiet or format == OutputFormat.json))

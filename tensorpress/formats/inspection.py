@@ -7,12 +7,18 @@ from pathlib import Path
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.entropy_table import TABLE_KEY, coded_info, coded_table
+from tensorpress.formats.gguf_read import gguf_output, gguf_tensor_table
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
 from tensorpress.formats.sizes import COUNTED_PARTS, size_stats
 
 
 def inspect_path(path: str | Path) -> dict:
     p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return _inspect_gguf(p.parent, {"file": p.name}, {}, p)
+    entry = gguf_output(p) if p.is_dir() else None
+    if entry is not None:
+        return _inspect_gguf(p, entry, json.loads((p / "config.json").read_text()), p)
     if p.is_file() and p.suffix == ".safetensors":
         files, folder = [p], None
     elif p.is_dir():
@@ -75,6 +81,53 @@ def inspect_path(path: str | Path) -> dict:
         "tensors": tensors,
         "quantized": quantized,
         "metadata": {k: v for k, v in metadata.items() if k != "tensorpress"},
+    }
+
+
+def _inspect_gguf(folder: Path, entry: dict, config: dict, shown: Path) -> dict:
+    """A GGUF file (a tensorpress output or any other): its tensors with their llama.cpp block types."""
+    rows = gguf_tensor_table(folder, entry)
+    hf_names = {}
+    if config:
+        from tensorpress.formats.gguf_write import gguf_tensor_name, resolve_gguf_arch
+
+        arch = resolve_gguf_arch(str(config.get("model_type")))
+        n_layers = int(config["num_hidden_layers"])
+        hf_names = {gguf_tensor_name(n, arch, n_layers): n for n in entry.get("tensors", {})}
+    tensors = [{"name": r["gguf_name"], "dtype": r["type"], "shape": r["shape"], "bytes": r["bytes"]} for r in rows]
+    quantized = []
+    for r in rows:
+        if r["type"] in ("F32", "F16", "BF16") or r["gguf_name"] == "token_embd.weight":
+            continue
+        n = 1
+        for d in r["shape"]:
+            n *= d
+        name = hf_names.get(r["gguf_name"], r["gguf_name"])
+        quantized.append(
+            {
+                "name": name,
+                "scheme": r["type"],
+                "weights": n,
+                "bytes": r["bytes"],
+                "bits_per_weight": 8 * r["bytes"] / n,
+            }
+        )
+    qbytes = sum(q["bytes"] for q in quantized)
+    qweights = sum(q["weights"] for q in quantized)
+    summary = {
+        "tensors": len(tensors),
+        "size_bytes": (folder / entry.get("file", "model.gguf")).stat().st_size,
+        "quantized_modules": len(quantized),
+        "bits_per_weight": 8 * qbytes / qweights if qweights else None,
+    }
+    recipe = (config.get("tensorpress") or {}).get("recipe") if config else None
+    return {
+        "path": str(shown),
+        "summary": summary,
+        "recipe": recipe,
+        "tensors": tensors,
+        "quantized": quantized,
+        "metadata": {},
     }
 
 

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from tensorpress.formats.entropy_table import coded_table
+from tensorpress.formats.gguf_read import gguf_output, gguf_size_stats, gguf_tensor_table
 from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
 
 PACKED_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
@@ -84,8 +85,15 @@ def tensor_component(name: str) -> str:
 
 
 def bytes_by_component(folder: Path) -> dict[str, int]:
-    """Tensor data bytes per component (headers excluded), every component listed, in COMPONENTS order."""
+    """Tensor data bytes per component (headers excluded), every component listed, in COMPONENTS order.
+
+    GGUF outputs: a block type's bytes interleave codes and scales; they count as codes."""
     out = dict.fromkeys(COMPONENTS, 0)
+    entry = gguf_output(Path(folder))
+    if entry is not None:
+        for row in gguf_tensor_table(Path(folder), entry):
+            out["unquantized" if row["type"] in ("F32", "F16", "BF16") else "codes"] += row["bytes"]
+        return out
     for f in weight_files(Path(folder)):
         for name, info in read_header(f)[0].items():
             comp = tensor_component(name)
@@ -95,6 +103,9 @@ def bytes_by_component(folder: Path) -> dict[str, int]:
 
 def size_stats(folder: Path) -> dict:
     """Sizes of a checkpoint; bits_per_weight counts every stored tensor of its compressed Linears."""
+    entry = gguf_output(Path(folder))
+    if entry is not None:
+        return gguf_size_stats(Path(folder), entry)
     files = weight_files(Path(folder))
     infos: dict[str, TensorInfo] = {}
     coded: dict[str, dict] = {}  # entropy-coded tensors: their bytes are the coded bytes, their shape is here

@@ -112,6 +112,18 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
     return Checkpoint(spec, folder, config_dict, SafetensorsReader(files))
 
 
+def recorded_base(spec: str) -> str | None:
+    """The base checkpoint a tensorpress output records in its config.json (any output format)."""
+    cfg_path = resolve_folder(spec) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise TensorpressError(f"{cfg_path}: unreadable config ({e})") from e
+    entry = cfg.get("tensorpress") if isinstance(cfg, dict) else None
+    base = entry.get("base") if isinstance(entry, dict) else None
+    return base if isinstance(base, str) else None
+
+
 def copy_side_files(src: Path, dest: Path) -> None:
     """Tokenizer, chat template and generation config travel with the weights."""
     for name in TOKENIZER_FILES:

@@ -6,6 +6,7 @@ test suite checks both give the same logits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import module_schemes
+from tensorpress.formats.gguf_read import gguf_output, read_gguf_weights
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.sparse import decode_module
 from tensorpress.model.architecture import Skeleton, build_skeleton, get_weight, is_linear
@@ -59,7 +61,14 @@ def dense_tensors(ckpt: Checkpoint, skel: Skeleton) -> Iterator[tuple[str, torch
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """Load a checkpoint folder (plain or tensorpress-compressed) as a dense model, ready for eval."""
+    """Load a checkpoint folder (plain, tensorpress-compressed, or a tensorpress GGUF output) as a dense
+    model, ready for eval."""
+    gguf_entry = gguf_output(Path(path))
+    if gguf_entry is not None:
+        config = json.loads((Path(path) / "config.json").read_text())
+        model = build_skeleton(config, list(gguf_entry.get("tensors", {}))).model
+        state = {k: t.to(device=device, dtype=dtype) for k, t in read_gguf_weights(Path(path), config, gguf_entry)}
+        return _finish(model, state, path, device)
     ckpt = open_checkpoint(path)
     try:
         skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
@@ -70,6 +79,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
         }
     finally:
         ckpt.close()
+    return _finish(model, state, path, device)
+
+
+def _finish(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, device: str) -> nn.Module:
     _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise TensorpressError(f"{path}: unexpected tensor {unexpected[0]}")

@@ -15,7 +15,8 @@ from tensorpress.calibration.forward import first_sample, run_layer
 from tensorpress.calibration.layer_work import LayerWork
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import pack_tensors
-from tensorpress.formats.quantized import QuantScheme
+from tensorpress.formats.ggml_types import GGMLQuantized
+from tensorpress.formats.quantized import QuantizedWeight, QuantScheme
 from tensorpress.formats.safetensors_io import ShardWriter
 from tensorpress.infra.progress import Progress
 from tensorpress.model.architecture import Skeleton, get_weight, materialize, release
@@ -146,7 +147,7 @@ def _pack_module(
         if write_structured(writer, full, key, t, work):  # sparse weights, low-rank factors
             continue
         if owner in work.quantized and key.endswith("weight"):
-            for name, packed in pack_tensors(owner, work.quantized[owner]).items():
+            for name, packed in packed_tensors(owner, work.quantized[owner]).items():
                 writer.add(name, packed)
             continue
         if full not in skel.name_map:
@@ -175,7 +176,7 @@ def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, no
             compressors[step.index].apply(work, [head])
         _record(work, {head: original}, schemes, errors, notes)
         if head in work.quantized:
-            for name, packed in pack_tensors(head, work.quantized[head]).items():
+            for name, packed in packed_tensors(head, work.quantized[head]).items():
                 writer.add(name, packed)
         else:
             writer.add(key, get_weight(module).to(dtypes["weight"]))
@@ -186,6 +187,14 @@ def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, no
         if head_steps and key == f"{head}.weight":
             continue
         writer.add(key, ckpt.tensor(skel.name_map[key]))
+
+
+def packed_tensors(owner: str, qw: QuantizedWeight | GGMLQuantized) -> dict[str, torch.Tensor]:
+    """The tensors a quantized module is written as: compressed-tensors' packed codes, or (GGUF output)
+    its block bytes `M.weight_ggml` (rows, row_bytes), staged here until pipeline/gguf_export.py."""
+    if isinstance(qw, GGMLQuantized):
+        return {f"{owner}.weight_ggml": torch.from_numpy(qw.to_bytes())}
+    return pack_tensors(owner, qw)
 
 
 def _tied_source(skel: Skeleton, key: str) -> str:

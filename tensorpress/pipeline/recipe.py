@@ -23,8 +23,11 @@ import yaml
 from tensorpress.compressors import REGISTRY, Compressor
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
+from tensorpress.formats.ggml_types import TYPES
+from tensorpress.pipeline.gguf_mix import FLOAT_TYPES, PRESETS
 
-TOP_KEYS = ("name", "description", "calibration", "steps")
+TOP_KEYS = ("name", "description", "calibration", "gguf", "steps")
+QUANT_LAYOUT_KEYS = ("bits", "group_size", "symmetric")  # set by the GGUF type when the output is GGUF
 STEP_KEYS = ("targets", "ignore")
 
 
@@ -40,6 +43,23 @@ class CalibrationConfig:
         for key in ("samples", "seqlen", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
+
+
+@dataclass
+class GGUFConfig:
+    """`gguf:` — write one .gguf file; every quantized module goes on its llama.cpp type's exact grid."""
+
+    type: str = "Q4_K_M"  # a llama-quantize preset (Q4_K_M, Q3_K_M, Q2_K, …) or one block type for all
+    embeddings: str = "auto"  # token embedding / output head: auto (the preset's choice), a type, F16, BF16, F32
+
+    def validate(self) -> None:
+        self.type = self.type.upper()
+        if self.type not in PRESETS and self.type not in TYPES:
+            known = ", ".join(sorted(set(PRESETS) | set(TYPES)))
+            raise ConfigError("type", f"unknown GGUF type or preset {self.type!r} (known: {known})")
+        self.embeddings = self.embeddings if self.embeddings == "auto" else self.embeddings.upper()
+        if self.embeddings != "auto" and self.embeddings not in TYPES and self.embeddings not in FLOAT_TYPES:
+            raise ConfigError("embeddings", f"must be auto, a GGUF block type or F16/BF16/F32, got {self.embeddings!r}")
 
 
 @dataclass
@@ -83,6 +103,7 @@ class Recipe:
     steps: list[Step]
     name: str = ""
     description: str = ""
+    gguf: GGUFConfig | None = None  # GGUF output (one .gguf file) instead of compressed-tensors safetensors
 
     @property
     def needs_calibration(self) -> bool:
@@ -96,6 +117,8 @@ class Recipe:
         if self.description:
             d["description"] = self.description
         d["calibration"] = asdict(self.calibration)
+        if self.gguf is not None:
+            d["gguf"] = asdict(self.gguf)
         d["steps"] = [s.to_dict() for s in self.steps]
         return d
 
@@ -167,9 +190,32 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
     steps = [_parse_step(i, s, fail) for i, s in enumerate(raw_steps)]
-    recipe = Recipe(source, calibration, steps, str(raw.get("name", "")), str(raw.get("description", "")))
+    gguf = None
+    if "gguf" in raw:
+        if not isinstance(raw["gguf"], dict):
+            raise fail("gguf", "must be a mapping like {type: Q4_K_M}")
+        try:
+            gguf = parse_config(GGUFConfig, raw["gguf"])
+        except ConfigError as e:
+            raise fail(f"gguf.{e.key}", str(e)) from e
+        _check_gguf_steps(raw_steps, steps, fail)
+    recipe = Recipe(source, calibration, steps, str(raw.get("name", "")), str(raw.get("description", "")), gguf)
     check_composition(recipe)
     return recipe
+
+
+def _check_gguf_steps(raw_steps: list, steps: list[Step], fail) -> None:
+    """GGUF output: quantizers take their layout from the GGUF type; nothing llama.cpp cannot hold."""
+    for raw, step in zip(raw_steps, steps, strict=True):
+        where = f"steps[{step.index}].{step.name}"
+        if step.cls.quantizes:
+            if step.name not in ("rtn", "gptq"):
+                raise fail(where, "GGUF output takes rtn or gptq quantizers")
+            for key in QUANT_LAYOUT_KEYS:
+                if key in (raw[step.name] or {}):
+                    raise fail(f"{where}.{key}", "is set by each module's GGUF type (gguf.type); remove it")
+        elif step.name != "awq":
+            raise fail(where, "GGUF output holds quantized and plain weights only: use awq, rtn or gptq steps")
 
 
 def _parse_step(i: int, raw: Any, fail) -> Step:

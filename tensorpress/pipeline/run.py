@@ -28,6 +28,7 @@ from tensorpress.infra.progress import Progress
 from tensorpress.infra.resources import StageMeter
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.pipeline.gguf_export import GGUF_FILE, export_gguf
 from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
@@ -97,6 +98,11 @@ def compress(
             layer_stats = compress_layers(
                 skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
             )
+        if rec.gguf is not None:
+            with meter.stage("gguf"):
+                layer_stats["gguf_tensors"] = export_gguf(
+                    tmp, _plain_config(ckpt), ckpt.folder, rec.gguf, layer_stats["schemes"]
+                )
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
@@ -123,11 +129,17 @@ def compress(
     return result
 
 
-def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: list[str]) -> None:
+def _plain_config(ckpt: Checkpoint) -> dict:
     cfg = dict(ckpt.config_dict)
     cfg.pop("quantization_config", None)
+    cfg.pop("tensorpress", None)
+    return cfg
+
+
+def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: list[str]) -> None:
+    cfg = _plain_config(ckpt)
     schemes: dict[str, QuantScheme] = stats["schemes"]
-    if schemes:
+    if schemes and rec.gguf is None:
         ignore = [n for n in stats["relative_error"] if n not in schemes]
         cfg["quantization_config"] = quantization_config(schemes, ignore)
         if stats["head"] in schemes and cfg.get("tie_word_embeddings", True):
@@ -139,6 +151,8 @@ def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: 
         "base": str(ckpt.folder.resolve()),
         "notes": notes,
     }
+    if rec.gguf is not None:  # what the loader reads back: the file and the HF name → type of every tensor
+        cfg["tensorpress"]["gguf"] = {"file": GGUF_FILE, "type": rec.gguf.type, "tensors": stats["gguf_tensors"]}
     if stats.get("structure"):
         cfg["tensorpress"]["structure"] = stats["structure"]  # what the loader rebuilds: svd, sparse, eora
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

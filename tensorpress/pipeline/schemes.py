@@ -8,11 +8,24 @@ against it) then honours `LayerWork.schemes`.
 
 from __future__ import annotations
 
+from tensorpress.formats.ggml_types import ggml_type
+from tensorpress.formats.gguf_write import resolve_gguf_arch
 from tensorpress.formats.quantized import QuantScheme
-from tensorpress.model.architecture import Skeleton
+from tensorpress.model.architecture import Skeleton, get_weight
+from tensorpress.pipeline.gguf_mix import mix_types
 from tensorpress.pipeline.recipe import Recipe
+
+
+def quantized_names(rec: Recipe, plan: dict[int, list[str]]) -> list[str]:
+    """Every module some quantizer step of the recipe targets."""
+    return [n for s in rec.steps if s.cls.quantizes for n in plan[s.index]]
 
 
 def module_schemes(skel: Skeleton, rec: Recipe, plan: dict[int, list[str]]) -> dict[str, QuantScheme]:
     """Full module name → scheme, for the modules whose scheme is not simply their step's own."""
-    return {}
+    if rec.gguf is None:
+        return {}
+    resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name
+    widths = {n: get_weight(skel.module(n)).shape[1] for n in quantized_names(rec, plan)}
+    types = mix_types(rec.gguf.type, widths, skel.model.config.to_dict(), rec.gguf.embeddings)
+    return {n: ggml_type(t).scheme() for n, t in types.items()}
