@@ -15,7 +15,7 @@ from tensorpress.formats.ggml_types import BlockParams, GGMLQuantized, GGMLType,
 from tensorpress.formats.quantized import QuantScheme
 
 
-def _fit_symmetric(x: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, steps: int = 16) -> torch.Tensor:
+def _fit_symmetric(x: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, steps: int = 10) -> torch.Tensor:
     """Scale s per row of x (..., n) minimizing Σ h (x − s·round(x/s))²; codes in [qmin, qmax].
 
     Candidates map the largest-magnitude weight to qmin·f (f from 0.75 to 1.05, using the extra
@@ -43,12 +43,12 @@ def _fit_symmetric(x: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, steps
 
 
 def _safe_round(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    safe = torch.where(s == 0, torch.ones_like(s), s)
-    return torch.where(s == 0, torch.zeros_like(x), torch.round(x / safe))
+    """round(x / s); a zero scale only occurs where the weights it divides are all 0 (codes 0)."""
+    return torch.round(x / (s + (s == 0)))
 
 
 def _fit_affine(
-    x: torch.Tensor, h: torch.Tensor, nmax: int, nonneg_offset: bool, steps: int = 16
+    x: torch.Tensor, h: torch.Tensor, nmax: int, nonneg_offset: bool, steps: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s ≥ 0, lo) per row of x (..., n) for w = s·q + lo, q ∈ [0, nmax], minimizing Σ h (x − w)².
 

@@ -44,7 +44,7 @@ def export_gguf(
             for n in names
             if n.endswith(".weight") and _is_outer_matrix(n, reader.get(n))
         }
-        outer_types = mix_types(cfg.type, outer, hf_config, cfg.embeddings)
+        outer_types = mix_types(cfg.type, outer, hf_config, cfg.embeddings, cfg.pure)
 
         def tensors() -> Iterator[GGUFTensor]:
             for name in names:

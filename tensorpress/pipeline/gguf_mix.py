@@ -132,7 +132,7 @@ def slot_of(module: str, ncols: int) -> TensorSlot:
 
 
 def mix_types(
-    type_or_preset: str, modules: dict[str, int], hf_config: dict, embeddings: str = "auto"
+    type_or_preset: str, modules: dict[str, int], hf_config: dict, embeddings: str = "auto", pure: bool = False
 ) -> dict[str, str]:
     """Module name → GGML type name for every 2-D weight in `modules` (name → row width).
 
@@ -145,8 +145,9 @@ def mix_types(
     n_gqa = n_head // int(hf_config.get("num_key_value_heads") or n_head)
     tied = bool(hf_config.get("tie_word_embeddings", False))
     preset = type_or_preset.upper()
-    single = preset not in PRESETS
-    base_preset = next((p for p, b in PRESETS.items() if b == preset), preset) if single else preset
+    single = pure or preset not in PRESETS
+    base = PRESETS.get(preset, preset)  # Q4_K_M → Q4_K; a block type is its own base
+    base_preset = next((p for p, b in PRESETS.items() if b == base), base)
     out: dict[str, str] = {}
     for name, ncols in modules.items():
         slot = slot_of(name, ncols)
@@ -156,7 +157,7 @@ def mix_types(
             else:
                 out[name] = preset_type(base_preset, slot, n_layer, n_gqa, tied)
         elif single:
-            out[name] = with_fallback(preset, ncols)
+            out[name] = with_fallback(base, ncols)
         else:
             out[name] = preset_type(preset, slot, n_layer, n_gqa, tied)
     return out

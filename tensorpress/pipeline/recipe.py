@@ -51,6 +51,7 @@ class GGUFConfig:
 
     type: str = "Q4_K_M"  # a llama-quantize preset (Q4_K_M, Q3_K_M, Q2_K, …) or one block type for all
     embeddings: str = "auto"  # token embedding / output head: auto (the preset's choice), a type, F16, BF16, F32
+    pure: bool = False  # one type for every quantized module (llama-quantize --pure), no per-tensor mix
 
     def validate(self) -> None:
         self.type = self.type.upper()

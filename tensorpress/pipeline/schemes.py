@@ -27,5 +27,5 @@ def module_schemes(skel: Skeleton, rec: Recipe, plan: dict[int, list[str]]) -> d
         return {}
     resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name
     widths = {n: get_weight(skel.module(n)).shape[1] for n in quantized_names(rec, plan)}
-    types = mix_types(rec.gguf.type, widths, skel.model.config.to_dict(), rec.gguf.embeddings)
+    types = mix_types(rec.gguf.type, widths, skel.model.config.to_dict(), rec.gguf.embeddings, rec.gguf.pure)
     return {n: ggml_type(t).scheme() for n, t in types.items()}
