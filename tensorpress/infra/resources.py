@@ -49,3 +49,13 @@ class StageMeter:
             peak = peak_rss_bytes()
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), peak)
             self.overall_peak = max(self.overall_peak, peak)
+
+
+@contextmanager
+def stage(meter: StageMeter, progress, name: str):
+    """Time a stage for the report and say when it starts and ends (a plain log line off a terminal)."""
+    progress.log(f"{name}: start")
+    t0 = time.perf_counter()
+    with meter.stage(name):
+        yield
+    progress.log(f"{name}: done in {time.perf_counter() - t0:.1f}s")
