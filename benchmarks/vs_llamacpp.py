@@ -1,0 +1,206 @@
+"""tensorpress GGUF output vs llama.cpp's llama-quantize, judged by llama.cpp's own llama-perplexity.
+
+For each type (Q8_0, Q4_0, Q4_K_M, Q3_K_M, Q2_K): llama-quantize of a BF16 GGUF of the sample model,
+without and with an imatrix computed on the same calibration text tensorpress calibrates on
+(kjv:calib, 128 × 512 tokens), against `tensorpress compress --recipe gguf-<type>`. Every file is run
+through `llama-perplexity --kl-divergence` against the BF16 file's logits on the eval text (kjv:eval)
+and on an English text of another kind (--ood-text; never used for calibration), and through
+tensorpress's own evaluator. Prints file bytes, ppl, KL and the ratio ours/peer; --json writes the rows.
+
+llama.cpp's tools are built once from the `llama-cpp-python` sdist's vendored source (cmake, ~25 min
+on 2 cores, GGML_NATIVE=OFF) into --build-dir, outside the repository; --llama-bin uses an existing
+build. The BF16 reference GGUF is written by tensorpress's own GGUF writer (or --bf16-gguf).
+
+    python benchmarks/vs_llamacpp.py --work /tmp/vsl --ood-text PATH [--types Q4_K_M,Q2_K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import gguf
+
+TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
+CTX, EVAL_CHUNKS, CALIB_CHUNKS = 512, 48, 128
+
+
+def sh(cmd: list[str], log: Path, env: dict | None = None) -> str:
+    """Run a command, log its output, fail loudly (the benchmark's point is that llama.cpp runs them)."""
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        sys.exit(f"FAILED ({proc.returncode}) after {time.time() - t:.0f}s: {' '.join(cmd)}\n{tail}")
+    return proc.stdout + proc.stderr
+
+
+def build_llamacpp(build_dir: Path) -> Path:
+    """llama-quantize / llama-imatrix / llama-perplexity from the llama-cpp-python sdist (cached)."""
+    bins = build_dir / "src" / "vendor" / "llama.cpp" / "build" / "bin"
+    if (bins / "llama-perplexity").is_file():
+        return bins
+    build_dir.mkdir(parents=True, exist_ok=True)
+    dl = build_dir / "sdist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "-d",
+            str(dl),
+            "llama-cpp-python",
+        ],
+        check=True,
+    )
+    sdist = next(dl.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as tf:
+        tf.extractall(build_dir, filter="data")
+    src = next(p for p in build_dir.iterdir() if p.name.startswith("llama_cpp_python-"))
+    src.rename(build_dir / "src")
+    root = build_dir / "src" / "vendor" / "llama.cpp"
+    flags = ["-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"]  # native builds SIGILL here
+    subprocess.run(["cmake", "-B", "build", *flags], cwd=root, check=True)
+    targets = ["llama-quantize", "llama-imatrix", "llama-perplexity"]
+    subprocess.run(
+        ["cmake", "--build", "build", "-j", str(os.cpu_count() or 2), "--target", *targets], cwd=root, check=True
+    )
+    return bins
+
+
+def write_bf16_gguf(model: Path, dest: Path) -> None:
+    """The unquantized reference: every tensor of the sample model as BF16 (norms F32), our writer."""
+    import torch
+
+    from tensorpress.formats.gguf_write import GGUFTensor, write_gguf
+    from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files
+
+    config = json.loads((model / "config.json").read_text())
+    with SafetensorsReader(weight_files(model)) as r:
+
+        def tensors():
+            for name in r.names():
+                t = r.get(name)
+                kind = "BF16" if t.ndim == 2 else "F32"
+                yield GGUFTensor(name, t.to(torch.float32).numpy(), gguf.GGMLQuantizationType[kind], tuple(t.shape))
+
+        write_gguf(dest, config, model, tensors())
+
+
+def perplexity(bins: Path, model: Path, text: Path, base_kld: Path, log: Path, make_base: bool = False) -> dict:
+    cmd = [str(bins / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(CTX)]
+    cmd += ["--chunks", str(EVAL_CHUNKS), "-t", str(os.cpu_count() or 2), "-b", str(CTX)]
+    cmd += ["--kl-divergence-base", str(base_kld)] + ([] if make_base else ["--kl-divergence"])
+    out = sh(cmd, log)
+    res: dict = {}
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", out) or re.search(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", out)
+    if m:
+        res["ppl"] = float(m.group(1))
+    m = re.search(r"Mean\s+KLD:\s*([0-9.]+)\s*±\s*([0-9.]+)", out)
+    if m:
+        res["kld"], res["kld_err"] = float(m.group(1)), float(m.group(2))
+    if not make_base and "kld" not in res:
+        sys.exit(f"llama-perplexity printed no KL divergence for {model}; see {log}")
+    return res
+
+
+def our_eval(path: Path, base: Path, text: str) -> dict:
+    """tensorpress's evaluator on the same file (a .gguf goes through its GGUF reader)."""
+    import tensorpress
+
+    m = tensorpress.evaluate(path, base=base, text=text, windows=EVAL_CHUNKS, seqlen=CTX)
+    return {"ppl": m["ppl"], "kl": m["kl"], "top1": m["top1_agreement"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="folder for files, logs and results")
+    ap.add_argument("--build-dir", type=Path, default=Path.home() / ".cache" / "tensorpress" / "llamacpp")
+    ap.add_argument("--llama-bin", type=Path, help="an existing llama.cpp build/bin")
+    ap.add_argument("--bf16-gguf", type=Path, help="an existing BF16 GGUF of the sample model")
+    ap.add_argument("--imatrix", type=Path, help="an existing imatrix of kjv:calib (128×512)")
+    ap.add_argument("--ood-text", type=Path, help="an English text of another kind, never calibrated on")
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--no-ours-eval", action="store_true", help="skip tensorpress's own evaluator (slow on 2 cores)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from tensorpress.model.sample import ensure_sample
+
+    sample = ensure_sample()
+    work = args.work
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    bins = args.llama_bin or build_llamacpp(args.build_dir)
+    bf16 = args.bf16_gguf or work / "base-bf16.gguf"
+    if not bf16.is_file():
+        write_bf16_gguf(sample.model, bf16)
+    texts = {"kjv:eval": sample.eval}
+    if args.ood_text:
+        texts["ood"] = args.ood_text
+    base_kld = {}
+    base_ppl = {}
+    for key, path in texts.items():
+        base_kld[key] = work / f"base-{key.replace(':', '_')}.kld"
+        base_ppl[key] = perplexity(bins, bf16, path, base_kld[key], work / "logs" / f"base-{key}.log", True)["ppl"]
+    imatrix = args.imatrix or work / "imatrix.gguf"
+    if not imatrix.is_file():
+        cmd = [str(bins / "llama-imatrix"), "-m", str(bf16), "-f", str(sample.calib), "-c", str(CTX)]
+        sh([*cmd, "--chunks", str(CALIB_CHUNKS), "-o", str(imatrix)], work / "logs" / "imatrix.log")
+
+    rows = []
+    for typ in args.types.split(","):
+        files = {
+            "llama-quantize": work / f"peer-{typ}.gguf",
+            "llama-quantize+imatrix": work / f"peer-{typ}-imat.gguf",
+        }
+        for tool, f in files.items():
+            if not f.is_file():
+                extra = ["--imatrix", str(imatrix)] if "imatrix" in tool else []
+                sh([str(bins / "llama-quantize"), *extra, str(bf16), str(f), typ], work / "logs" / f"{f.stem}.log")
+        ours_dir = work / f"ours-{typ}"
+        t = time.time()
+        if not (ours_dir / "model.gguf").is_file():
+            cmd = [sys.executable, "-m", "tensorpress.cli.main", "compress", str(sample.model)]
+            sh([*cmd, "--recipe", f"gguf-{typ.lower()}", "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
+        files["tensorpress"] = ours_dir / "model.gguf"
+        for tool, f in files.items():
+            row = {"type": typ, "tool": tool, "bytes": f.stat().st_size}
+            for key, path in texts.items():
+                r = perplexity(bins, f, path, base_kld[key], work / "logs" / f"ppl-{typ}-{tool}-{key}.log")
+                row[f"{key}:ppl"], row[f"{key}:kld"] = r["ppl"], r["kld"]
+            if not args.no_ours_eval:
+                target = ours_dir if tool == "tensorpress" else f
+                row["tensorpress_eval"] = our_eval(target, sample.model, "kjv:eval")
+            rows.append(row)
+        print(f"{typ}: done ({time.time() - t:.0f}s)", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"base_ppl": base_ppl, "rows": rows}, indent=2))
+
+    keys = list(texts)
+    head = "| type | tool | MiB | " + " | ".join(f"{k} ppl | {k} KLD" for k in keys) + " | KLD ours/imatrix |"
+    print(f"base (BF16) ppl: {base_ppl}")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        peer = next(x for x in rows if x["type"] == r["type"] and x["tool"] == "llama-quantize+imatrix")
+        ratio = (
+            " / ".join(f"{r[f'{k}:kld'] / peer[f'{k}:kld']:.3f}" for k in keys) if r["tool"] == "tensorpress" else ""
+        )
+        vals = " | ".join(f"{r[f'{k}:ppl']:.3f} | {r[f'{k}:kld']:.4f}" for k in keys)
+        print(f"| {r['type']} | {r['tool']} | {r['bytes'] / 2**20:.2f} | {vals} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
