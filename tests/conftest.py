@@ -79,11 +79,12 @@ def make_tokenizer(folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def make_model(folder: Path, arch: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+def make_model(folder: Path, arch: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0, config=None) -> Path:
+    """A random tiny model (`tiny_config(arch)`, or `config`) with a trained BPE tokenizer, saved to `folder`."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch)).to(dtype)
+    model = AutoModelForCausalLM.from_config(config or tiny_config(arch)).to(dtype)
     model.save_pretrained(str(folder))
     make_tokenizer(folder)
     return folder

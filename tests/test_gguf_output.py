@@ -23,11 +23,11 @@ from tensorpress.formats.ggml_types import TYPES
 from tensorpress.formats.gguf_write import llama_unpermute_rows
 from tensorpress.pipeline import layers
 from tensorpress.pipeline.gguf_mix import TensorSlot, mix_types, preset_type
-from tests.conftest import make_tokenizer
+from tests.conftest import make_model
 
 
-def _model(folder: Path, arch: str, hidden: int, inter: int, seed: int = 0) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _model(folder: Path, arch: str, hidden: int, inter: int) -> Path:
+    from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(
         arch,
@@ -40,11 +40,7 @@ def _model(folder: Path, arch: str, hidden: int, inter: int, seed: int = 0) -> P
         max_position_embeddings=256,
         tie_word_embeddings=arch == "qwen2",
     )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
-    model.save_pretrained(str(folder))
-    make_tokenizer(folder)
-    return folder
+    return make_model(folder, arch, config=cfg)
 
 
 @pytest.fixture(scope="module")
