@@ -7,18 +7,20 @@ from pathlib import Path
 
 from tensorpress.formats.safetensors_io import ShardWriter
 from tensorpress.infra.atomic import atomic_dir, check_out_dir
-from tensorpress.model.architecture import build_skeleton
+from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import copy_side_files, open_checkpoint
 from tensorpress.model.loader import dense_tensors, quantized_modules
 from tensorpress.model.structure import fold_lowrank
+from tensorpress.model.validate import checked_skeleton
 
 
 def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
     out = Path(out)
+    check_writable(out)
     check_out_dir(out, force)
     ckpt = open_checkpoint(model)
     try:
-        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+        skel = checked_skeleton(ckpt)
         quantized_modules(ckpt, skel)  # fail early if a packed module has no scheme
         with atomic_dir(out) as tmp:
             writer = ShardWriter(tmp, metadata={"format": "pt"})

@@ -26,9 +26,11 @@ from tensorpress.formats.quantized import QuantScheme
 from tensorpress.infra.atomic import atomic_dir, check_out_dir
 from tensorpress.infra.progress import Progress
 from tensorpress.infra.resources import StageMeter
-from tensorpress.model.architecture import build_skeleton
+from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.model.validate import checked_skeleton
 from tensorpress.pipeline.layers import compress_layers
+from tensorpress.pipeline.limits import check_calibration_memory, check_context, refuse_compressed
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
 from tensorpress.version import __version__
@@ -57,6 +59,7 @@ def compress(
     force: bool = False,
     progress: Progress | None = None,
     eval_base=None,
+    allow_long_context: bool = False,
 ) -> CompressResult:
     """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
 
@@ -68,15 +71,29 @@ def compress(
     with meter.stage("load"):
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if seed is not None:
+            if not 0 <= seed < 2**64:
+                raise TensorpressError(f"--seed {seed}: must be in 0 … 2^64-1")
             rec.calibration.seed = seed
+        check_writable(out)
         check_out_dir(out, force)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise TensorpressError(f"--device {device}: CUDA is not available on this machine")
         ckpt = open_checkpoint(model)
         if out.resolve() == ckpt.folder.resolve():
             raise TensorpressError(f"--out {out}: is the input checkpoint itself")
-        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
-        plan = plan_targets(skel, rec)
+        try:
+            refuse_compressed(ckpt, model)
+            skel = checked_skeleton(ckpt)
+            plan = plan_targets(skel, rec)
+            if eval_text:
+                check_context(skel, seqlen, "--seqlen", allow_long_context)
+            if rec.needs_calibration:
+                what = f"recipe '{rec.source}': calibration.seqlen"
+                check_context(skel, rec.calibration.seqlen, what, allow_long_context)
+                check_calibration_memory(skel, rec)
+        except BaseException:
+            ckpt.close()
+            raise
         tokenizer = None
         if eval_text or rec.needs_calibration:
             tokenizer = load_tokenizer(ckpt.folder)
@@ -108,7 +125,13 @@ def compress(
 
             with meter.stage("evaluate"):
                 metrics = evaluate_tokens(
-                    tmp, eval_base or ckpt.folder, eval_tokens, device=device, progress=progress, tokenizer=tokenizer
+                    tmp,
+                    eval_base or ckpt.folder,
+                    eval_tokens,
+                    device=device,
+                    progress=progress,
+                    tokenizer=tokenizer,
+                    allow_long_context=allow_long_context,
                 )
             metrics["text"] = eval_text
             result.report = build_report(tmp, ckpt, rec.to_dict(), metrics, meter, meta_notes, layer_stats)
