@@ -175,3 +175,23 @@ def test_compress_with_eval_writes_report(tiny_models, text_file, tmp_path):
     assert rep["size_bytes"] < rep["size_bytes_base"]
     assert {"load", "compress", "evaluate"} <= set(rep["seconds"])
     assert "perplexity" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("step", ["rtn", "gptq"])
+def test_per_module_schemes_override_the_step(tiny_models, text_file, tmp_path, monkeypatch, step):
+    """pipeline/schemes.py's per-module schemes win over the step's own, for every quantizer."""
+    from tensorpress.formats.quantized import QuantScheme
+    from tensorpress.pipeline import run
+
+    name = "model.layers.0.self_attn.q_proj"
+    monkeypatch.setattr(run, "module_schemes", lambda skel, rec, plan: {name: QuantScheme(8, 32)})
+    recipe = {
+        "calibration": {"text": str(text_file), "samples": 4, "seqlen": 32},
+        "steps": [{step: {"bits": 3, "group_size": 32}, "ignore": ["lm_head"]}],
+    }
+    out = tmp_path / "o"
+    tensorpress.compress(tiny_models["llama"], recipe, out)
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    by_bits = {g["weights"]["num_bits"]: g["targets"] for g in groups.values()}
+    assert sorted(by_bits) == [3, 8]
+    assert by_bits[8] == [name]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tensorpress.formats.quantized import QuantizedWeight
+from tensorpress.formats.quantized import QuantizedWeight, QuantScheme
 from tensorpress.model.architecture import get_weight, set_weight
 
 
@@ -24,6 +24,9 @@ class LayerWork:
     module: nn.Module
     scale_dtype: torch.dtype  # dtype scales are stored in (the checkpoint's weight dtype)
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)  # full name → record
+    # Per-module schemes decided before the layer loop (a GGUF mix, an automatic bit allocation): full
+    # name → scheme, overriding the quantizer step's own; see `scheme_for`.
+    schemes: dict[str, QuantScheme] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Calibration inputs of this layer (set by the pipeline when a step needs data): one hidden-state
     # batch (B, L, H) and the keyword arguments the layer is called with, per batch.
@@ -41,6 +44,10 @@ class LayerWork:
     # Called by stats.staged_replay before it compresses a stage, as f(stage, hessians, inputs) with the
     # stage's input tensor of every batch paused there (a step fused into the next step's pass: AWQ).
     before_stage: list[Callable[[list[str], dict, list[torch.Tensor]], None]] = field(default_factory=list)
+
+    def scheme_for(self, full_name: str, default: QuantScheme) -> QuantScheme:
+        """The scheme module `full_name` is quantized with: the per-module one if set, else the step's."""
+        return self.schemes.get(full_name, default)
 
     def num_batches(self) -> int:
         return len(self.calib_inputs)

@@ -40,6 +40,7 @@ from tensorpress.compressors.awq_search import (
     search_scales_linear,
 )
 from tensorpress.compressors.base import Compressor, ConfigError
+from tensorpress.compressors.ggml_fit import search_scheme
 from tensorpress.formats.quantized import QuantScheme
 
 __all__ = ["AWQ", "AWQConfig", "head_map", "search_scales_linear"]
@@ -85,11 +86,12 @@ class AWQ(Compressor):
     def prepare(self, recipe, step) -> None:
         self._later = [s for s in recipe.steps[step.index + 1 :] if s.cls.quantizes]
 
-    def scheme_for(self, name: str) -> QuantScheme | None:
-        """The scheme of the quantizer that will quantize module `name`, or None if none will."""
+    def scheme_for(self, name: str, work: LayerWork) -> QuantScheme | None:
+        """The scheme the quantizer that follows will quantize module `name` with (None if none will);
+        a GGUF type is searched against as the integer scheme closest to it."""
         for s in getattr(self, "_later", []):
             if s.selects(name):
-                return s.config.scheme()
+                return search_scheme(work.scheme_for(name, s.config.scheme()))
         return None
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
@@ -104,7 +106,7 @@ class AWQ(Compressor):
             ref = run_layer(work.module, work.calib_inputs[0], work.calib_kwargs[0])
 
         for edge in edges:
-            quantized = self.quantized_consumers(edge.consumers)
+            quantized = self.quantized_consumers(work, edge.consumers)
             if not quantized:
                 continue
             h = stats[edge.consumers[0]]
@@ -135,13 +137,13 @@ class AWQ(Compressor):
         """Clip search (after scaling) of each module that will be quantized, except q/k as in AWQ."""
         cfg: AWQConfig = self.config
         for c, H in hessians.items():
-            sch = self.scheme_for(c)
+            sch = self.scheme_for(c, work)
             if sch is None or c.endswith(("q_proj", "k_proj")):
                 continue
             work.set_weight(c, clip_search(work.weight(c), H, sch, work.scale_dtype, cfg.clip_grid, cfg.max_shrink))
 
-    def quantized_consumers(self, consumers: list[str]) -> list[tuple[str, QuantScheme]]:
-        found = [(c, self.scheme_for(c)) for c in consumers]
+    def quantized_consumers(self, work: LayerWork, consumers: list[str]) -> list[tuple[str, QuantScheme]]:
+        found = [(c, self.scheme_for(c, work)) for c in consumers]
         return [(c, sch) for c, sch in found if sch is not None]
 
     def search_linear(self, work: LayerWork, edge: Edge, quantized, h) -> ScaleSearch:

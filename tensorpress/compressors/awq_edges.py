@@ -91,7 +91,7 @@ def fold(work: LayerWork, edge: Edge, s: torch.Tensor) -> torch.Tensor:
         _fold_into_norm(work.module.get_submodule(edge.prev), s)
     elif edge.prev in work.quantized:  # already quantized (fused mode): divide its scales, keep its codes
         qw = work.quantized[edge.prev]
-        qw.scale = (qw.scale.float() / s[:, None].to(qw.scale.device)).to(qw.scale.dtype)
+        qw.divide_rows(s)
         set_weight(work.linear(edge.prev), qw.dequantize())
         bias = getattr(work.linear(edge.prev), "bias", None)
         if bias is not None:

@@ -40,7 +40,7 @@ def on_stage(awq, work: LayerWork, edges: list[Edge], stage: list[str], hessians
     for edge in edges:
         if set(edge.consumers) != set(stage) or h.n == 0:
             continue
-        quantized = awq.quantized_consumers(edge.consumers)
+        quantized = awq.quantized_consumers(work, edge.consumers)
         if not quantized:
             continue
         found = awq.search_linear(work, edge, quantized, h)

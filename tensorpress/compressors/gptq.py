@@ -18,7 +18,7 @@ from tensorpress.compressors.base import Compressor, ConfigError
 from tensorpress.compressors.gptq_sweep import GPTQResult, gptq_quantize
 from tensorpress.compressors.rtn import validate_scheme
 from tensorpress.compressors.sparsity import finish_pruned_quantization, prune_hook_for
-from tensorpress.formats.quantized import QuantizedWeight, QuantScheme
+from tensorpress.formats.quantized import QuantScheme
 
 
 @dataclass
@@ -64,12 +64,13 @@ class GPTQ(Compressor):
         # Modules fed the same input (q/k/v, gate/up) share H: quantizing their stacked rows in one
         # call gives exactly the per-module result (rows are independent given H) with one Cholesky
         # and one column loop instead of several.
-        shared: dict[int, list[str]] = {}
+        shared: dict[tuple, list[str]] = {}
         for name in stage:
             hess = hessians.get(name)
             plain = hess is not None and hess.n > 0 and prune_hook_for(work, name) is None
-            shared.setdefault(id(hess) if plain else id(name), []).append(name)
-        for names in shared.values():
+            scheme = work.scheme_for(name, self.config.scheme())
+            shared.setdefault((id(hess) if plain else id(name), scheme), []).append(name)
+        for (_, scheme), names in shared.items():
             hess = hessians.get(names[0])
             Ws = [work.weight(n) for n in names]
             if hess is None or hess.n == 0:
@@ -78,24 +79,26 @@ class GPTQ(Compressor):
             else:
                 H = hess.H
             prune = prune_hook_for(work, names[0]) if len(names) == 1 else None
-            res = self._quantize(work, names, torch.cat(Ws), H, prune)
+            res = self._quantize(work, names, scheme, torch.cat(Ws), H, prune)
             row = 0
             for name, W in zip(names, Ws, strict=True):
                 rows = slice(row, row + W.shape[0])
                 row += W.shape[0]
-                qw = res.qw if len(names) == 1 else _rows(res.qw, rows)
+                qw = res.qw if len(names) == 1 else res.qw.rows(rows)
                 work.set_weight(name, qw.dequantize())
                 work.quantized[name] = qw
                 if prune is not None:
                     finish_pruned_quantization(work, name, res)
 
-    def _quantize(self, work: LayerWork, names: list[str], W: torch.Tensor, H: torch.Tensor, prune) -> GPTQResult:
+    def _quantize(
+        self, work: LayerWork, names: list[str], scheme: QuantScheme, W: torch.Tensor, H: torch.Tensor, prune
+    ) -> GPTQResult:
         cfg: GPTQConfig = self.config
         try:
             res = gptq_quantize(
                 W,
                 H,
-                cfg.scheme(),
+                scheme,
                 work.scale_dtype,
                 cfg.block_size,
                 cfg.dampening,
@@ -114,8 +117,3 @@ class GPTQ(Compressor):
             )
         return res
 
-
-def _rows(qw: QuantizedWeight, rows: slice) -> QuantizedWeight:
-    """The quantized weight of a block of rows (one module of a stacked call)."""
-    zero = qw.zero[rows].contiguous() if qw.zero is not None else None
-    return QuantizedWeight(qw.scheme, qw.codes[rows].contiguous(), qw.scale[rows].contiguous(), zero)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from tensorpress.compressors.quantize import group_params
+from tensorpress.compressors.gptq_grids import make_grid
+from tensorpress.formats.ggml_types import GGMLQuantized
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme
 
 
 @dataclass
 class GPTQResult:
-    qw: QuantizedWeight | None  # None when run without a scheme (SparseGPT pruning alone)
+    qw: QuantizedWeight | GGMLQuantized | None  # None when run without a scheme (SparseGPT pruning alone)
     dampening: float  # the relative dampening that finally worked
     retries: int
     loss: float  # Σ over rows of the OBS loss (w - q)² / [H⁻¹]_jj, as in the reference
@@ -72,23 +73,18 @@ def gptq_quantize(
     W = W.float().clone()
     H = H.float().clone()
     out_f, in_f = W.shape
-    gl = scheme.group_len(in_f)
-    G = scheme.groups(in_f)
 
     dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
     H[dead, dead] = 1
     W[:, dead] = 0
 
+    grid = make_grid(scheme, W, H, scale_dtype, mse_clip)
+    span = grid.span
     # Static groups: with act-order every group's parameters come from the original W, so codes keep
     # their contiguous-group layout and no g_idx is needed at inference.
-    static = act_order or scheme.group_size == -1
-    scale = torch.empty(out_f, G, dtype=scale_dtype, device=W.device)
-    zero = None if scheme.symmetric else torch.empty(out_f, G, dtype=torch.int8, device=W.device)
-    if static:
-        s_all, z_all = group_params(W, scheme, scale_dtype, mse_clip)
-        scale.copy_(s_all)
-        if zero is not None:
-            zero.copy_(z_all)
+    static = act_order or span == in_f
+    if quantize and static:
+        grid.fit_all(W)
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=W.device)
     W = W[:, perm]
@@ -98,16 +94,11 @@ def gptq_quantize(
     # The sweep works on Wᵀ (in, out): column j of W is the contiguous row j, so every per-column read and
     # rank-1 update touches contiguous memory (the reference's (out, in) layout reads strided columns).
     WT = W.t().contiguous()  # (in, out), permuted column order
-    group_of = perm // gl  # (in,) original group of each permuted column
-    S_p = Z_p = None
-    if quantize and static:  # per-column scale/zero in permuted order, gathered once
-        S_p = scale.float()[:, group_of].t().contiguous()  # (in, out)
-        Z_p = zero.float()[:, group_of].t().contiguous() if zero is not None else None
     codesT = torch.empty(in_f, out_f, dtype=torch.int8, device=W.device)  # permuted order
     QT = torch.empty_like(WT)
     prunedT = torch.zeros(in_f, out_f, dtype=torch.bool, device=W.device) if prune is not None else None
     loss = torch.zeros((), device=W.device)
-    perm_l, group_l = perm.tolist(), group_of.tolist()
+    perm_l = perm.tolist()
 
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
@@ -118,33 +109,21 @@ def gptq_quantize(
         M1 = torch.zeros_like(W1, dtype=torch.bool) if prune is not None else None
         for i in range(i2 - i1):
             j = i1 + i  # permuted column index
-            col, g = perm_l[j], group_l[j]  # original column index, its group
+            col = perm_l[j]  # original column index
             if M1 is not None:  # the hook sees the (out, count) layout
                 prune(W1.t(), torch.diag(Hinv1), i1, i, M1.t())
-            if quantize and not static and col % gl == 0:
+            if quantize and not static and col % span == 0:
                 # Lazy groups: parameters from the group's current (already error-updated) weights.
-                cur = torch.cat([W1[i:], WT[i2:]], dim=0)[: min(gl, in_f - col)].t()
-                sc, z = group_params(cur, QuantScheme(scheme.bits, -1, scheme.symmetric), scale_dtype, mse_clip)
-                scale[:, g] = sc[:, 0]
-                if zero is not None:
-                    zero[:, g] = z[:, 0]
+                grid.fit(torch.cat([W1[i:], WT[i2:]], dim=0)[: min(span, in_f - col)].t(), col)
             w = W1[i]  # (out,)
             d = Hinv1[i, i]
-            zf = 0.0
             if quantize:
-                if S_p is not None:
-                    sc = S_p[j]
-                    zf = Z_p[j] if Z_p is not None else 0.0
-                else:
-                    sc = scale[:, g].float()
-                    zf = zero[:, g].float() if zero is not None else 0.0
-                q_int = torch.clamp(torch.round(w / sc) + zf, scheme.qmin, scheme.qmax)
-                q = (q_int - zf) * sc
+                q_int, q = grid.round(w, col)
             else:
                 q_int, q = torch.zeros_like(w), w.clone()
             if M1 is not None:  # pruned: exactly zero (the zero point's code dequantizes to 0)
                 q = q.masked_fill(M1[i], 0.0)
-                q_int = torch.where(M1[i], torch.as_tensor(zf), q_int)
+                q_int = torch.where(M1[i], grid.zero_code(col), q_int)
             codesT[j] = q_int
             Q1[i] = q
             err1 = (w - q) / d  # (out,)
@@ -157,7 +136,7 @@ def gptq_quantize(
             prunedT[i1:i2] = M1
 
     inv = torch.argsort(perm)
-    qw = QuantizedWeight(scheme, codesT[inv].t().contiguous(), scale, zero) if quantize else None
+    qw = grid.record(codesT[inv].t().contiguous()) if quantize else None
     dense = QT[inv].t().contiguous()
     pruned = prunedT[inv].t().contiguous() if prunedT is not None else None
     return GPTQResult(qw, damp, retries, float(loss), dense, pruned)

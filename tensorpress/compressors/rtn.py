@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from tensorpress.calibration.layer_work import LayerWork
 from tensorpress.compressors.base import Compressor, ConfigError
+from tensorpress.compressors.ggml_fit import quantize_rtn
 from tensorpress.compressors.quantize import rtn_quantize
+from tensorpress.formats.ggml_types import ggml_type
 from tensorpress.formats.quantized import QuantScheme
 
 
@@ -38,8 +40,11 @@ class RTN(Compressor):
     summary = "round-to-nearest integer quantization (data-free), per group or per channel"
 
     def apply(self, work: LayerWork, targets: list[str]) -> None:
-        scheme = self.config.scheme()
         for name in targets:
-            qw = rtn_quantize(work.weight(name), scheme, work.scale_dtype)
+            scheme = work.scheme_for(name, self.config.scheme())
+            if scheme.ggml is not None:
+                qw = quantize_rtn(ggml_type(scheme.ggml), work.weight(name))
+            else:
+                qw = rtn_quantize(work.weight(name), scheme, work.scale_dtype)
             work.set_weight(name, qw.dequantize().float())
             work.quantized[name] = qw

@@ -22,11 +22,17 @@ import torch
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """How one weight matrix is quantized. group_size = -1 means one group per output channel."""
+    """How one weight matrix is quantized. group_size = -1 means one group per output channel.
+
+    `ggml` names a llama.cpp block type (GGUF output): the weight then goes on that type's exact grid
+    (formats/ggml_types.py) and bits/group_size/symmetric describe it only approximately (code bits,
+    sub-block length, whether it has mins), for reports and for AWQ's search.
+    """
 
     bits: int
     group_size: int = 64
     symmetric: bool = True
+    ggml: str | None = None
 
     @property
     def qmin(self) -> int:
@@ -57,6 +63,15 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.codes, self.scale, self.zero, self.scheme)
+
+    def divide_rows(self, s: torch.Tensor) -> None:
+        """Divide output row r by s[r] (a fold into an already quantized producer): scales only, codes kept."""
+        self.scale = (self.scale.float() / s[:, None].to(self.scale.device)).to(self.scale.dtype)
+
+    def rows(self, rows: slice) -> QuantizedWeight:
+        """The quantized weight of a block of rows (one module of a stacked call)."""
+        zero = self.zero[rows].contiguous() if self.zero is not None else None
+        return QuantizedWeight(self.scheme, self.codes[rows].contiguous(), self.scale[rows].contiguous(), zero)
 
 
 def group_index(in_features: int, scheme: QuantScheme, device: torch.device | None = None) -> torch.Tensor:

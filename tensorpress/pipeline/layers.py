@@ -37,8 +37,12 @@ def compress_layers(
     device: str,
     progress: Progress,
     notes: list[str],
+    module_schemes: dict[str, QuantScheme] | None = None,
 ) -> dict:
-    """The layer loop. Returns per-module stats: scheme and relative weight error."""
+    """The layer loop. Returns per-module stats: scheme and relative weight error.
+
+    `module_schemes`: per-module schemes overriding the quantizer steps' own (pipeline/schemes.py)."""
+    module_schemes = module_schemes or {}
     meta = {"format": "pt", "tensorpress": json.dumps({"version": __version__, "recipe": rec.to_dict()})}
     writer = ShardWriter(tmp, metadata=meta)
     compressors = {s.index: s.compressor() for s in rec.steps}
@@ -61,6 +65,7 @@ def compress_layers(
                 if n.startswith(prefix)
             }
             work = LayerWork(i, prefix, layer, _scale_dtype(dtypes), calib_inputs=inputs, calib_kwargs=kwargs_list)
+            work.schemes = module_schemes
             work.originals = originals
             ref = None
             if inputs:
@@ -89,7 +94,7 @@ def compress_layers(
             structure.update(work.structure)
             _pack_module(writer, layer, prefix, skel, dtypes, work)
             release(layer)
-        _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device)
+        _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device, module_schemes)
         writer.close()
     except BaseException:
         writer.abort()
@@ -150,7 +155,7 @@ def _pack_module(
     write_eora(writer, work)
 
 
-def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device) -> None:
+def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, notes, device, module_schemes) -> None:
     """Everything outside the decoder layers: embeddings, final norm, and the lm_head (maybe quantized)."""
     head = skel.lm_head_name()
     head_steps = [s for s in rec.steps if head in plan[s.index]]
@@ -165,6 +170,7 @@ def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, no
         )
         original = get_weight(module).detach().clone()
         work = LayerWork(-1, "", module, _scale_dtype(dtypes))
+        work.schemes = module_schemes
         for step in head_steps:
             compressors[step.index].apply(work, [head])
         _record(work, {head: original}, schemes, errors, notes)

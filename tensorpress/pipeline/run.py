@@ -33,6 +33,7 @@ from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.limits import check_calibration_memory, check_context, refuse_compressed
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
+from tensorpress.pipeline.schemes import module_schemes
 from tensorpress.version import __version__
 
 
@@ -85,6 +86,7 @@ def compress(
             refuse_compressed(ckpt, model)
             skel = checked_skeleton(ckpt)
             plan = plan_targets(skel, rec)
+            schemes = module_schemes(skel, rec, plan)
             if eval_text:
                 check_context(skel, seqlen, "--seqlen", allow_long_context)
             if rec.needs_calibration:
@@ -109,7 +111,9 @@ def compress(
                 calib = calibration_windows(c.text, tokenizer, c.samples, c.seqlen, c.seed)
                 inputs, kwargs_list = capture_inputs(skel, ckpt, calib, c.batch_size, device)
         with meter.stage("compress"):
-            layer_stats = compress_layers(skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes)
+            layer_stats = compress_layers(
+                skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
+            )
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
