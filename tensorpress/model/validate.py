@@ -121,7 +121,7 @@ def estimate_bytes(sizes: dict[str, tuple[str, int]]) -> int:
     heads, kv = sizes["heads"][1], sizes["kv_heads"][1] or sizes["heads"][1]
     head_dim = sizes["head_dim"][1] or max(1, h // max(1, heads))
     layer = (2 * h * heads * head_dim + 2 * h * kv * head_dim + 3 * h * inter) * 4
-    embeddings = 2 * vocab * h * 4
+    embeddings = vocab * h * 4
     tables = positions * (h + head_dim) * 4
     return layer + embeddings + tables + layers * SKELETON_BYTES_PER_LAYER
 
