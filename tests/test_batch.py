@@ -341,6 +341,7 @@ def test_pareto_front_and_layer_error_fallback():
 
 def test_plain_progress_is_a_line_per_event(capsys):
     import io
+    import re
 
     from tensorpress.infra.progress import PlainProgress
 
@@ -348,10 +349,17 @@ def test_plain_progress_is_a_line_per_event(capsys):
     p = PlainProgress(buf)
     assert list(p.track(range(20), "layers", total=20)) == list(range(20))
     lines = [ln.split("] ", 1)[1] for ln in buf.getvalue().splitlines()]
-    assert (
-        lines[0] == "layers: start (0/20)" and lines[1] == "layers: 2/20" and lines[-1].startswith("layers: done 20/20")
-    )
-    assert len(lines) == 11
+    assert lines[0] == "layers: start (0/20)" and lines[-1].startswith("layers: done 20/20")
+    steps = [re.fullmatch(r"layers (\d+)/20, [\d.]+s elapsed, ETA [\d.]+s", ln) for ln in lines[1:-1]]
+    assert all(steps) and [int(m.group(1)) for m in steps] == list(range(2, 21, 2))  # fast items: every tenth
+    slow = io.StringIO()
+    p = PlainProgress(slow, min_interval=0.0)  # items slower than the interval: a line each
+    assert list(p.track(range(3), "layers", total=3)) == [0, 1, 2]
+    assert [ln.split("] ", 1)[1].split(",")[0] for ln in slow.getvalue().splitlines()[1:-1]] == [
+        "layers 1/3",
+        "layers 2/3",
+        "layers 3/3",
+    ]
 
 
 @pytest.mark.e2e

@@ -12,15 +12,21 @@ from pathlib import Path
 
 from tensorpress.batch.summary import build_summary, write_summary
 from tensorpress.errors import TensorpressError
+from tensorpress.infra.outputs import OutputClaim, input_paths
 
 REPORT_FILES = ("run.json", "report.json", "report.md", "report.html")
 
 
-def merge_batches(dirs: list[str | Path], out: str | Path) -> dict:
-    """Merge batch output folders of one matrix into `out`; returns the merged summary (also written)."""
+def merge_batches(dirs: list[str | Path], out: str | Path, force: bool = False) -> dict:
+    """Merge batch output folders of one matrix into `out` (atomically); returns the merged summary."""
     out = Path(out)
     if not dirs:
         raise TensorpressError("batch-merge: give at least one batch output folder")
+    with OutputClaim(out, "batch-merge", force, input_paths(*dirs)) as claim:
+        return _merge(dirs, claim)
+
+
+def _merge(dirs: list[str | Path], claim: OutputClaim) -> dict:
     loaded = []
     for d in map(Path, dirs):
         try:
@@ -43,15 +49,13 @@ def merge_batches(dirs: list[str | Path], out: str | Path) -> dict:
             if run["index"] in records:
                 raise TensorpressError(f"{d}: run {run['id']} is also in {records[run['index']][0]}")
             records[run["index"]] = (d, run)
-    out.mkdir(parents=True, exist_ok=True)
-    for d, run in records.values():
-        src, dst = d / run["folder"], out / run["folder"]
-        if src.resolve() == dst.resolve():
-            continue
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in REPORT_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, dst / name)
     summary = build_summary(matrix, [run for _, run in records.values()], sorted(shards), expect_all=True)
-    write_summary(out, summary)
+    with claim.build() as tmp:
+        for d, run in records.values():
+            src, dst = d / run["folder"], tmp / run["folder"]
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in REPORT_FILES:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, dst / name)
+        write_summary(tmp, summary)
     return summary

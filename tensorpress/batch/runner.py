@@ -23,6 +23,8 @@ from tensorpress.batch.matrix import Matrix, RunSpec, select_shard
 from tensorpress.batch.summary import build_summary, run_metrics, write_summary
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.atomic import write_text_atomic
+from tensorpress.infra.devices import check_device
+from tensorpress.infra.outputs import OutputClaim, input_paths, read_marker, write_marker
 from tensorpress.infra.progress import Progress
 from tensorpress.version import __version__
 
@@ -35,12 +37,33 @@ def run_batch(
     shard: tuple[int, int] | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    force: bool = False,
 ) -> dict:
-    """Run the matrix's runs (of `shard`, when given) into `out`; returns the summary (also written)."""
+    """Run the matrix's runs (of `shard`, when given) into `out`; returns the summary (also written).
+
+    Without `force` an earlier batch output in `out` is resumed in place (each run folder is replaced
+    atomically on its own); with `force` the whole batch is built aside and swapped in when complete."""
     progress = progress or Progress()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TensorpressError(f"--out {out}: exists and is not a folder")
+    check_device(device)
+    with OutputClaim(out, "batch", force, batch_inputs(matrix), resume=not force) as claim:
+        if force:
+            with claim.build() as tmp:
+                return _run_into(matrix, tmp, shard, device, progress)
+        out.mkdir(exist_ok=True)
+        if read_marker(out) is None:
+            write_marker(out, "batch")
+        return _run_into(matrix, out, shard, device, progress)
+
+
+def batch_inputs(matrix: Matrix) -> list[Path]:
+    """What a batch reads: the matrix file, its recipe files, local models and a text file."""
+    folder = Path(matrix.source).parent
+    recipes = [folder / r.spec if (folder / r.spec).is_file() else r.spec for r in matrix.recipes]
+    return input_paths(matrix.source, *matrix.models, *recipes, matrix.eval.text)
+
+
+def _run_into(matrix: Matrix, out: Path, shard: tuple[int, int] | None, device: str, progress: Progress) -> dict:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     runs = select_shard(matrix.runs(), shard)
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
@@ -126,8 +149,6 @@ def _base_reference(matrix: Matrix, model: str, out: Path, device: str, progress
 
 def _run_one(matrix, run: RunSpec, out: Path, base, base_error, device: str, progress: Progress) -> dict:
     folder = out / "runs" / run.id
-    for stale in folder.parent.glob(f".{run.id}.partial-*"):  # left by a killed process
-        shutil.rmtree(stale, ignore_errors=True)
     rec = {
         "index": run.index,
         "id": run.id,
@@ -165,6 +186,8 @@ def _run_one(matrix, run: RunSpec, out: Path, base, base_error, device: str, pro
         if not isinstance(e, TensorpressError):
             rec["traceback"] = traceback.format_exc()
     folder.mkdir(parents=True, exist_ok=True)
+    if read_marker(folder) is None:  # a failed run's record: the rerun's --force may replace it
+        write_marker(folder, "batch-run")
     write_text_atomic(folder / RUN_FILE, json.dumps(rec, indent=2) + "\n")
     return rec
 

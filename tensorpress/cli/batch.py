@@ -10,8 +10,9 @@ from tensorpress.cli.options import Device, OutDir, Quiet
 
 HELP = """Run every model × recipe of the YAML MATRIX into DIR and write summary.{json,md,html} and junit.xml.
 
-A rerun skips finished runs (same model, recipe content, eval settings and tensorpress version) and redoes
-failed or interrupted ones. Exit code 1 when a run failed or a gate failed.
+A rerun into the same DIR skips finished runs (same model, recipe content, eval settings and tensorpress
+version) and redoes failed or interrupted ones; --force starts over instead, building the new batch aside
+and replacing the old one only when complete. Exit code 1 when a run failed or a gate failed.
 
 Example matrix:
 
@@ -33,6 +34,10 @@ def batch_cmd(
         str | None, typer.Option("--shard", help="Run only shard K of N (K/N) of the matrix, e.g. 1/2.")
     ] = None,
     device: Device = "cpu",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Start over: build the whole batch aside and replace an earlier one in DIR."),
+    ] = False,
     quiet: Quiet = False,
 ) -> int:
     from tensorpress.batch.matrix import load_matrix, parse_shard
@@ -40,7 +45,7 @@ def batch_cmd(
     from tensorpress.infra.progress import auto_progress
 
     spec = load_matrix(matrix)
-    summary = run_batch(spec, out, shard=parse_shard(shard), device=device, progress=auto_progress(quiet))
+    summary = run_batch(spec, out, shard=parse_shard(shard), device=device, progress=auto_progress(quiet), force=force)
     return finish(summary, out, quiet)
 
 

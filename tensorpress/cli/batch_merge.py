@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tensorpress.cli.options import OutDir, Quiet
+from tensorpress.cli.options import Force, OutDir, Quiet
 
 HELP = """Merge the outputs of `tensorpress batch --shard K/N` runs of one matrix into one summary.
 
@@ -23,9 +23,10 @@ def register(app: typer.Typer) -> None:
 def batch_merge_cmd(
     dirs: Annotated[list[str], typer.Argument(help="Batch output folders (one per shard).")],
     out: OutDir,
+    force: Force = False,
     quiet: Quiet = False,
 ) -> int:
     from tensorpress.batch.merge import merge_batches
     from tensorpress.cli.batch import finish
 
-    return finish(merge_batches(dirs, out), out, quiet)
+    return finish(merge_batches(dirs, out, force=force), out, quiet)

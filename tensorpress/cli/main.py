@@ -1,7 +1,10 @@
 """Wires the commands together and owns the one top-level error handler.
 
-Every user-facing failure is a `TensorpressError` and becomes a one-line `error: ...` and exit 2;
-anything else is a bug and says so. `TENSORPRESS_DEBUG=1` shows the traceback instead.
+- a usage mistake (unknown option, bad value, missing argument) is Click's own message with the usage line,
+  exit 2 — Typer raises it as a `TyperException` subclass (Typer vendors Click);
+- a `TensorpressError` is a one-line `error: ...`, exit 2;
+- an `OSError` (disk full, permission, read-only file system) is one line naming the file, exit 2;
+- anything else is a bug and says so, exit 1. `TENSORPRESS_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import os
 import sys
 import warnings
 
-import click
 import typer
 
 from tensorpress.cli import batch, batch_merge, compress, decompress, eval, inspect, list_cmd, sample
@@ -28,6 +30,21 @@ for module in (compress, eval, inspect, decompress, list_cmd, sample, batch, bat
     module.register(app)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Typer ≥ 0.2x vendors Click (its errors derive from `typer.TyperException`); older ones use click."""
+    found: list[type[Exception]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+USAGE_ERRORS = _usage_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("TENSORPRESS_DEBUG") == "1"
     if not debug:
@@ -38,21 +55,31 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _warning_line
-            rc = app(args=argv, standalone_mode=False)
+            rc = app(args=argv, prog_name="tensorpress", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except TensorpressError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
+    except USAGE_ERRORS as e:
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()  # "Usage: ...", "Try '... --help'", "Error: ..."
+        else:
+            print(f"error: {e.format_message()}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except Exception as e:
         if debug:
             raise

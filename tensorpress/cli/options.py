@@ -15,8 +15,20 @@ class OutputFormat(str, Enum):
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")]
-Device = Annotated[str, typer.Option("--device", help="Where to compute: cpu, cuda or cuda:N.")]
-Force = Annotated[bool, typer.Option("--force", help="Replace --out if it exists and is not empty.")]
+
+
+def _device(value: str) -> str:
+    """Checked while parsing, before any work: one line naming the devices this machine has."""
+    from tensorpress.infra.devices import check_device
+
+    return check_device(value)
+
+
+Device = Annotated[str, typer.Option("--device", callback=_device, help="Where to compute: cpu, cuda or cuda:N.")]
+Force = Annotated[
+    bool,
+    typer.Option("--force", help="Replace --out if it is an earlier tensorpress output (never any other folder)."),
+]
 Windows = Annotated[int, typer.Option("--windows", min=1, help="Evaluation windows (non-overlapping).")]
 Seqlen = Annotated[int, typer.Option("--seqlen", min=2, help="Tokens per evaluation window.")]
 AllowLongContext = Annotated[
@@ -36,6 +48,7 @@ TextSpec = Annotated[
 
 
 def progress_for(quiet: bool):
-    from tensorpress.infra.progress import Progress, RichProgress
+    """Bars on a terminal, a plain line per event in logs (CI, `| tee`), nothing when quiet."""
+    from tensorpress.infra.progress import auto_progress
 
-    return Progress() if quiet else RichProgress()
+    return auto_progress(quiet)

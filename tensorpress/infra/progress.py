@@ -62,21 +62,29 @@ class RichProgress(Progress):
 
 
 class PlainProgress(Progress):
-    """A line per event for logs that are not terminals (CI): start, every ~10 %, and the end of each loop."""
+    """A line per event for logs that are not terminals (CI, `| tee`), on `stream` (stderr by default).
 
-    def __init__(self, stream=None):
+    A loop says when it starts and ends, and writes `i/N, elapsed, ETA` after an item when that item
+    crossed a tenth of the loop or took a second or more since the last line: every layer of a real model
+    (seconds each), ten lines for a fast loop of hundreds of windows."""
+
+    def __init__(self, stream=None, min_interval: float = 1.0):
         self.stream = stream or sys.stderr
+        self.min_interval = min_interval
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         self.log(f"{description}: start" + (f" (0/{total})" if total else ""))
         shown, done = 0, 0
         for item in items:
             yield item
             done += 1
-            if total and done < total and 10 * done // total > shown:
-                shown = 10 * done // total
-                self.log(f"{description}: {done}/{total}")
+            now = time.perf_counter()
+            tenth = 10 * done // total if total else 0
+            if total and (tenth > shown or now - last >= self.min_interval):
+                shown, last = tenth, now
+                eta = (now - t0) / done * (total - done)
+                self.log(f"{description} {done}/{total}, {now - t0:.1f}s elapsed, ETA {eta:.1f}s")
         self.log(f"{description}: done {done}{f'/{total}' if total else ''} in {time.perf_counter() - t0:.1f}s")
 
     def log(self, message: str) -> None:
@@ -84,7 +92,10 @@ class PlainProgress(Progress):
 
 
 def auto_progress(quiet: bool = False) -> Progress:
-    """Rich bars on a terminal, a plain line-per-event log otherwise, nothing when quiet."""
+    """Rich bars when both streams are terminals; otherwise plain lines on stdout; nothing when quiet.
+
+    Plain lines go to stdout so that a log (`| tee`, CI) gets them and stderr keeps only errors: a failing
+    run's stderr is its one error line whatever progress came before."""
     if quiet:
         return Progress()
-    return RichProgress() if sys.stderr.isatty() else PlainProgress()
+    return RichProgress() if sys.stderr.isatty() and sys.stdout.isatty() else PlainProgress(sys.stdout)

@@ -75,3 +75,13 @@ def check_fits(nbytes: int, culprit: Callable[[], str]) -> None:
         raise TensorpressError(
             f"{culprit()}: needs ~{nbytes / 2**30:,.1f} GiB of memory, more than the {avail / 2**30:,.1f} GiB available"
         )
+
+
+@contextmanager
+def stage(meter: StageMeter, progress, name: str):
+    """Time a stage for the report and say when it starts and ends (a plain log line off a terminal)."""
+    progress.log(f"{name}: start")
+    t0 = time.perf_counter()
+    with meter.stage(name):
+        yield
+    progress.log(f"{name}: done in {time.perf_counter() - t0:.1f}s")

@@ -23,9 +23,10 @@ from tensorpress.calibration.windows import calibration_windows, eval_windows, l
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import quantization_config
 from tensorpress.formats.quantized import QuantScheme
-from tensorpress.infra.atomic import atomic_dir, check_out_dir
+from tensorpress.infra.devices import check_device
+from tensorpress.infra.outputs import OutputClaim, input_paths
 from tensorpress.infra.progress import Progress
-from tensorpress.infra.resources import StageMeter
+from tensorpress.infra.resources import StageMeter, stage
 from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from tensorpress.model.validate import checked_skeleton
@@ -69,55 +70,75 @@ def compress(
     progress = progress or Progress()
     meter = StageMeter()
     out = Path(out)
-    with meter.stage("load"):
-        rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-        if seed is not None:
-            if not 0 <= seed < 2**64:
-                raise TensorpressError(f"--seed {seed}: must be in 0 … 2^64-1")
-            rec.calibration.seed = seed
-        check_writable(out)
-        check_out_dir(out, force)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise TensorpressError(f"--device {device}: CUDA is not available on this machine")
-        ckpt = open_checkpoint(model)
-        if out.resolve() == ckpt.folder.resolve():
-            raise TensorpressError(f"--out {out}: is the input checkpoint itself")
-        try:
-            refuse_compressed(ckpt, model)
-            skel = checked_skeleton(ckpt)
-            plan = plan_targets(skel, rec)
-            schemes = module_schemes(skel, rec, plan)
-            if eval_text:
-                check_context(skel, seqlen, "--seqlen", allow_long_context)
+    check_device(device)
+    check_writable(out)
+    if seed is not None and not 0 <= seed < 2**64:
+        raise TensorpressError(f"--seed {seed}: must be in 0 … 2^64-1")
+    named = recipe if isinstance(recipe, (str, Path)) else None
+    with OutputClaim(out, "compress", force, input_paths(model, named, eval_text)) as claim:
+        with stage(meter, progress, "load"):
+            rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+            if seed is not None:
+                rec.calibration.seed = seed
             if rec.needs_calibration:
-                what = f"recipe '{rec.source}': calibration.seqlen"
-                check_context(skel, rec.calibration.seqlen, what, allow_long_context)
-                check_calibration_memory(skel, rec)
-        except BaseException:
+                claim.check_apart(input_paths(rec.calibration.text))
+            ckpt = open_checkpoint(model)
+        try:
+            claim.check_apart([ckpt.folder])  # a hub id or a .gguf resolves to a folder only now
+            return _compress_into(
+                claim, ckpt, rec, eval_text, windows, seqlen, device, progress, meter, eval_base, allow_long_context
+            )
+        finally:
             ckpt.close()
-            raise
+
+
+def _compress_into(
+    claim: OutputClaim,
+    ckpt: Checkpoint,
+    rec: Recipe,
+    eval_text: str | None,
+    windows: int,
+    seqlen: int,
+    device: str,
+    progress: Progress,
+    meter: StageMeter,
+    eval_base,
+    allow_long_context: bool = False,
+) -> CompressResult:
+    """The work of `compress` once the output is claimed and the inputs are open."""
+    with stage(meter, progress, "plan"):
+        refuse_compressed(ckpt, ckpt.spec)
+        skel = checked_skeleton(ckpt)
+        plan = plan_targets(skel, rec)
+        schemes = module_schemes(skel, rec, plan)
+        if eval_text:
+            check_context(skel, seqlen, "--seqlen", allow_long_context)
+        if rec.needs_calibration:
+            what = f"recipe '{rec.source}': calibration.seqlen"
+            check_context(skel, rec.calibration.seqlen, what, allow_long_context)
+            check_calibration_memory(skel, rec)
         tokenizer = None
         if eval_text or rec.needs_calibration:
             tokenizer = load_tokenizer(ckpt.folder)
         eval_tokens = eval_windows(eval_text, tokenizer, windows, seqlen) if eval_text else None
     torch.manual_seed(rec.calibration.seed)
     notes: list[str] = []
-    with atomic_dir(out) as tmp:
+    with claim.build() as tmp:
         inputs: list[torch.Tensor] = []
         kwargs_list: list[dict] = []
         if rec.needs_calibration:
-            with meter.stage("calibrate"):
+            with stage(meter, progress, "calibrate"):
                 c = rec.calibration
                 calib = calibration_windows(c.text, tokenizer, c.samples, c.seqlen, c.seed)
                 inputs, kwargs_list = capture_inputs(skel, ckpt, calib, c.batch_size, device)
-        with meter.stage("compress"):
+        with stage(meter, progress, "compress"):
             layer_stats = compress_layers(
                 skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
             )
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
-            with meter.stage("entropy"):
+            with stage(meter, progress, "entropy"):
                 code_folder(tmp, rec.steps[-1].config.level, packed_bits(layer_stats["schemes"]))
         meta_notes = sorted(set(notes))
         _write_config(tmp, ckpt, rec, layer_stats, meta_notes)
@@ -127,7 +148,7 @@ def compress(
             from tensorpress.evaluation.metrics import evaluate_tokens
             from tensorpress.evaluation.report import build_report, write_report
 
-            with meter.stage("evaluate"):
+            with stage(meter, progress, "evaluate"):
                 metrics = evaluate_tokens(
                     tmp,
                     eval_base or ckpt.folder,
@@ -140,8 +161,7 @@ def compress(
             metrics["text"] = eval_text
             result.report = build_report(tmp, ckpt, rec.to_dict(), metrics, meter, meta_notes, layer_stats)
             write_report(tmp, result.report)
-    ckpt.close()
-    result.out = out
+    result.out = claim.out
     result.peak_rss_bytes = meter.overall_peak
     return result
 
