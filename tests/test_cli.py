@@ -177,9 +177,9 @@ def test_failed_run_keeps_previous_good_output(capsys, tiny_models, recipe_file,
         "--windows",
         1000,
         "--seqlen",
-        512,
+        128,
     )
-    assert_one_line_error(rc, err, "too short", "1000 windows of 512")
+    assert_one_line_error(rc, err, "too short", "1000 windows of 128")
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "r.yaml"]
 

@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
+from tensorpress.infra.inputs import load_yaml_file
 from tensorpress.pipeline.recipe import Recipe, load_recipe
 from tensorpress.version import __version__
 
@@ -163,15 +162,7 @@ def select_shard(runs: list[RunSpec], shard: tuple[int, int] | None) -> list[Run
 
 def load_matrix(path: str | Path) -> Matrix:
     path = Path(path)
-    where = f"matrix '{path}'"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise TensorpressError(f"{where}:{f' line {mark.line + 1}' if mark else ''} invalid YAML") from e
-    except OSError as e:
-        raise TensorpressError(f"{where}: cannot read ({e.strerror})") from e
-    return parse_matrix(raw, str(path), path.parent)
+    return parse_matrix(load_yaml_file(path, "matrix"), str(path), path.parent)
 
 
 def parse_matrix(raw: Any, source: str, folder: Path) -> Matrix:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tensorpress.errors import TensorpressError
+from tensorpress.infra.inputs import read_text_file
 
+MAX_TEXT_BYTES = 4 << 30  # tokenizing more than this would not fit in memory anyway
 ALIASES = {"wikitext2": "hf:wikitext:wikitext-2-raw-v1:test:text"}
 
 
@@ -27,12 +29,10 @@ def read_text(spec: str) -> str:
     if spec.startswith("hf:"):
         return _hf_text(spec)
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise TensorpressError(f"text '{spec}': no such file (or use kjv:calib, kjv:eval, hf:DATASET, wikitext2)")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TensorpressError(f"text '{spec}': cannot read as UTF-8 ({e})") from e
+    # A FIFO or device is refused by its type (it would block or never end); binary and UTF-16 are named.
+    return read_text_file(path, "text", MAX_TEXT_BYTES)
 
 
 def _hf_text(spec: str) -> str:

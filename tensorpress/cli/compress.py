@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from tensorpress.cli.options import Device, Force, ModelArg, OutDir, Quiet, Seqlen, Windows, progress_for
+from tensorpress.cli.options import (
+    AllowLongContext,
+    Device,
+    Force,
+    ModelArg,
+    OutDir,
+    Quiet,
+    Seqlen,
+    Windows,
+    progress_for,
+)
 
 HELP = """Compress MODEL with RECIPE into DIR (packed safetensors), optionally evaluating it.
 
@@ -33,6 +43,7 @@ def compress_cmd(
     seed: Annotated[int | None, typer.Option(help="Calibration seed (overrides the recipe's).")] = None,
     force: Force = False,
     quiet: Quiet = False,
+    allow_long_context: AllowLongContext = False,
 ) -> None:
     from tensorpress.pipeline.run import compress
 
@@ -47,6 +58,7 @@ def compress_cmd(
         seed=seed,
         force=force,
         progress=progress_for(quiet),
+        allow_long_context=allow_long_context,
     )
     if quiet:
         return

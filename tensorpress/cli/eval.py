@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tensorpress.cli.options import (
+    AllowLongContext,
     Device,
     Format,
     ModelArg,
@@ -43,6 +44,7 @@ def eval_cmd(
     device: Device = "cpu",
     format: Format = OutputFormat.text,
     quiet: Quiet = False,
+    allow_long_context: AllowLongContext = False,
 ) -> None:
     from pathlib import Path
 
@@ -53,7 +55,16 @@ def eval_cmd(
         recorded = recorded_base(model)
         if recorded and Path(recorded).is_dir():
             base = recorded
-    metrics = evaluate(model, base, text, windows, seqlen, device, progress_for(quiet or format == OutputFormat.json))
+    metrics = evaluate(
+        model,
+        base,
+        text,
+        windows,
+        seqlen,
+        device,
+        progress_for(quiet or format == OutputFormat.json),
+        allow_long_context=allow_long_context,
+    )
     metrics["base"] = base
     if format == OutputFormat.json:
         typer.echo(json.dumps(metrics, indent=2))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
 from tensorpress.cli import batch, batch_merge, compress, decompress, eval, inspect, list_cmd, sample
-from tensorpress.errors import TensorpressError
+from tensorpress.errors import TensorpressError, TensorpressWarning
 
 app = typer.Typer(
     name="tensorpress",
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        rc = app(args=argv, prog_name="tensorpress", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _warning_line
+            rc = app(args=argv, prog_name="tensorpress", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except TensorpressError as e:
         if debug:
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             f"error: internal error: {type(e).__name__}: {e} (TENSORPRESS_DEBUG=1 shows the traceback)", file=sys.stderr
         )
         return 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings as one `warning: ...` line; library warnings only with TENSORPRESS_DEBUG=1."""
+    if issubclass(category, TensorpressWarning):
+        print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ Force = Annotated[
 ]
 Windows = Annotated[int, typer.Option("--windows", min=1, help="Evaluation windows (non-overlapping).")]
 Seqlen = Annotated[int, typer.Option("--seqlen", min=2, help="Tokens per evaluation window.")]
+AllowLongContext = Annotated[
+    bool,
+    typer.Option(
+        "--allow-long-context",
+        help="Allow windows longer than the model's max_position_embeddings (the numbers may be meaningless).",
+    ),
+]
 Format = Annotated[OutputFormat, typer.Option("--format", help="text for people, json for scripts.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
 ModelArg = Annotated[str, typer.Argument(help="HF checkpoint folder, .gguf file, or hub id.")]

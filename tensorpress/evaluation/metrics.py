@@ -39,6 +39,7 @@ def evaluate_tokens(
     progress: Progress | None = None,
     batch: int = 1,
     tokenizer=None,
+    allow_long_context: bool = False,
 ) -> dict:
     """Evaluate `model` (and `base`, when given) on token windows (W, L).
 
@@ -49,6 +50,12 @@ def evaluate_tokens(
     progress = progress or Progress()
     comp = load(model, device=device)
     vocab = comp.config.vocab_size
+    limit = getattr(comp.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and tokens.shape[1] > limit and not allow_long_context:
+        raise TensorpressError(
+            f"--seqlen {tokens.shape[1]}: longer than the model's max_position_embeddings ({limit}); "
+            "pass --allow-long-context to evaluate anyway"
+        )
     if int(tokens.max()) >= vocab:
         raise TensorpressError(f"evaluation text has token ids ≥ the model's vocab size {vocab}")
     if isinstance(base, BaseReference):
@@ -56,6 +63,11 @@ def evaluate_tokens(
         ref = None
     else:
         ref = load(base, device=device) if base is not None else None
+        if ref is not None and ref.config.vocab_size != vocab:
+            raise TensorpressError(
+                f"--base {base}: a vocabulary of {ref.config.vocab_size} tokens, but {model} has {vocab}; "
+                "KL and top-1 agreement need the same vocabulary"
+            )
     has_base = base is not None
     nll_c = nll_b = kl_sum = 0.0
     agree = n = 0
@@ -181,6 +193,7 @@ def evaluate(
     seqlen: int = 512,
     device: str = "cpu",
     progress: Progress | None = None,
+    allow_long_context: bool = False,
 ) -> dict:
     """Evaluate a checkpoint folder; `base` defaults to none (ppl only)."""
     folder = Path(model)
@@ -189,7 +202,9 @@ def evaluate(
     folder = resolve_folder(str(model))
     tokenizer = load_tokenizer(folder)
     tokens = eval_windows(text, tokenizer, windows, seqlen)
-    metrics = evaluate_tokens(folder, base, tokens, device=device, progress=progress)
+    metrics = evaluate_tokens(
+        folder, base, tokens, device=device, progress=progress, allow_long_context=allow_long_context
+    )
     metrics["text"] = text
     return metrics
 

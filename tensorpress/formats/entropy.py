@@ -330,6 +330,13 @@ def _plan(name: str, entry: dict, coded_size: int) -> tuple[Layout, int, list[tu
     return layout, values * layout.itemsize, out
 
 
+def check_entry(name: str, entry: dict, coded_size: int) -> None:
+    """Validate a frame-table entry against its stored bytes without decoding (what `inspect` needs)."""
+    if not isinstance(entry, dict):
+        raise TensorpressError(f"tensor {name}: corrupt entropy-coded entry (not a mapping)")
+    _plan(name, entry, coded_size)
+
+
 def decode_tensor(name: str, coded: np.ndarray, entry: dict, threads: int | None = None) -> torch.Tensor:
     """Coded bytes (uint8) + table entry → the exact original tensor; any damage names the tensor."""
     layout, nbytes, frames = _plan(name, entry, coded.size)

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 from tensorpress.errors import TensorpressError
+from tensorpress.formats.compressed_tensors import check_packed, module_schemes, weight_shape
+from tensorpress.formats.entropy import check_entry
 from tensorpress.formats.entropy_table import TABLE_KEY, coded_info, coded_table
 from tensorpress.formats.gguf_read import gguf_output, gguf_tensor_table
-from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, read_header, weight_files
+from tensorpress.formats.safetensors_io import SafetensorsReader, TensorInfo, check_index, read_header, weight_files
 from tensorpress.formats.sizes import COUNTED_PARTS, size_stats
+from tensorpress.formats.sparse import is_sparse
+from tensorpress.infra.inputs import load_json_file
 
 
 def inspect_path(path: str | Path) -> dict:
@@ -37,8 +41,11 @@ def inspect_path(path: str | Path) -> dict:
         metadata.update(m)
     metadata.pop(TABLE_KEY, None)
     config = {}
-    if folder is not None and (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
+    cfg_path = folder / "config.json" if folder is not None else None
+    if cfg_path is not None and (cfg_path.exists() or cfg_path.is_symlink()):
+        config = load_json_file(cfg_path, "config", 16 << 20)
+        if not isinstance(config, dict):
+            raise TensorpressError(f"config '{cfg_path}': must be a JSON object")
     recipe = (config.get("tensorpress") or {}).get("recipe")
     if recipe is None and "tensorpress" in metadata:
         recipe = json.loads(metadata["tensorpress"]).get("recipe")
@@ -47,10 +54,16 @@ def inspect_path(path: str | Path) -> dict:
         for n, i in sorted(infos.items())
     ]
     quantized = []
-    schemes = _schemes(config)
     with SafetensorsReader(files) as r:
-        for name in sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed")):
-            out_f, in_f = r.get(f"{name}.weight_shape").tolist()
+        if folder is not None:
+            check_index(folder, r)
+        for name, entry in coded.items():
+            check_entry(name, entry, infos[name].nbytes)
+        packed = sorted(n[: -len(".weight_packed")] for n in infos if n.endswith(".weight_packed"))
+        _check_schemes(packed, config, cfg_path, r)
+        schemes = _schemes(config)
+        for name in packed:
+            out_f, in_f = weight_shape(name, r.kind, r.get)
             nbytes = sum(infos[f"{name}.{s}"].nbytes for s in COUNTED_PARTS if f"{name}.{s}" in infos)
             quantized.append(
                 {
@@ -129,6 +142,22 @@ def _inspect_gguf(folder: Path, entry: dict, config: dict, shown: Path) -> dict:
         "quantized": quantized,
         "metadata": {},
     }
+
+
+def _check_schemes(packed: list[str], config: dict, cfg_path: Path | None, r: SafetensorsReader) -> None:
+    """Each packed module's tensors against its quantization_config scheme (when there is a config)."""
+    if not packed or cfg_path is None or not config:
+        return
+    qconfig = config.get("quantization_config")
+    if not qconfig:
+        raise TensorpressError(f"{cfg_path}: no quantization_config, but {packed[0]}.weight_packed is stored")
+    schemes = module_schemes(qconfig, {n: "Linear" for n in packed})
+    names = set(r.names())
+    for name in packed:
+        if name not in schemes:
+            raise TensorpressError(f"{cfg_path}: {name} is packed but no quantization_config group targets it")
+        out_f, in_f = weight_shape(name, r.kind, r.get)
+        check_packed(name, schemes[name], r.kind, out_f, in_f, sparse=is_sparse(name, names))
 
 
 def _schemes(config: dict) -> dict[str, str]:

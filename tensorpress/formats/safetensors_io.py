@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.dtypes import DTYPE_NAMES, DTYPES
 from tensorpress.formats.entropy_table import TABLE_KEY, coded_table
+from tensorpress.infra.inputs import check_regular, decode_text, load_json_file, parse_json
 
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -36,8 +38,46 @@ class TensorInfo:
         return self.end - self.begin
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(path: Path, name: str, h: object, data_size: int) -> TensorInfo:
+    """One header entry, checked field by field against the file's real data size (nothing is read)."""
+
+    def bad(msg: str) -> TensorpressError:
+        return TensorpressError(f"{path}: tensor {name}: {msg}")
+
+    if not isinstance(h, dict) or not {"dtype", "shape", "data_offsets"} <= h.keys():
+        raise bad("corrupt header entry (needs dtype, shape and data_offsets)")
+    dtype, shape, offsets = h["dtype"], h["shape"], h["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(v) for v in offsets):
+        raise bad(f"data_offsets {offsets!r} is not [begin, end]")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise bad(f"data_offsets [{begin}, {end}] are not 0 ≤ begin ≤ end")
+    numel = 1
+    for d in shape:
+        numel *= d
+    itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    if end - begin != numel * itemsize:
+        raise bad(f"shape {shape} of {dtype} is {numel * itemsize} bytes, data_offsets span {end - begin}")
+    if end > data_size:
+        raise bad(f"ends at byte {end} of a {data_size}-byte data section (truncated file?)")
+    return TensorInfo(dtype, tuple(shape), begin, end)
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header → ({name: info}, metadata). Raises on any damage."""
+    """Parse and validate a safetensors header → ({name: info}, metadata). Raises on any damage.
+
+    Every declared size is checked against the file's size before any tensor byte is read, and no two
+    tensors may share bytes (a crafted header could otherwise alias one tensor's data as another's).
+    """
+    check_regular(path, "safetensors file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -46,35 +86,23 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 raise TensorpressError(f"{path}: truncated safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", raw)
             if n > _MAX_HEADER or 8 + n > size:
-                raise TensorpressError(f"{path}: corrupt or truncated safetensors header")
-            header = json.loads(f.read(n))
+                raise TensorpressError(f"{path}: corrupt or truncated safetensors header ({n}-byte header declared)")
+            blob = f.read(n)
     except OSError as e:
         raise TensorpressError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TensorpressError(f"{path}: corrupt safetensors header ({e})") from e
+    where = f"{path}: safetensors header"
+    header = parse_json(decode_text(blob, where), where)
     if not isinstance(header, dict):
-        raise TensorpressError(f"{path}: corrupt safetensors header")
+        raise TensorpressError(f"{where}: not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    infos: dict[str, TensorInfo] = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise TensorpressError(f"{where}: __metadata__ must map strings to strings")
     data_size = size - 8 - n
-    for name, h in header.items():
-        try:
-            info = TensorInfo(h["dtype"], tuple(int(d) for d in h["shape"]), *map(int, h["data_offsets"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise TensorpressError(f"{path}: corrupt header entry for tensor {name}") from e
-        if info.dtype not in DTYPES:
-            raise TensorpressError(f"{path}: tensor {name} has unsupported dtype {info.dtype}")
-        numel = 1
-        for d in info.shape:
-            numel *= d
-        itemsize = torch.empty(0, dtype=DTYPES[info.dtype]).element_size()
-        if info.nbytes != numel * itemsize or info.begin < 0:
-            raise TensorpressError(f"{path}: corrupt header entry for tensor {name}")
-        if info.end > data_size:
-            raise TensorpressError(
-                f"{path}: truncated: tensor {name} ends at byte {info.end} of a {data_size}-byte data section"
-            )
-        infos[name] = info
+    infos = {name: _entry(path, name, h, data_size) for name, h in header.items()}
+    spans = sorted((i.begin, i.end, name) for name, i in infos.items() if i.nbytes)
+    for (_, end_a, a), (begin_b, _, b) in pairwise(spans):
+        if begin_b < end_a:
+            raise TensorpressError(f"{path}: tensors {a} and {b} overlap (they share bytes {begin_b}-{end_a})")
     return infos, metadata
 
 
@@ -104,6 +132,8 @@ class SafetensorsReader:
                 (n,) = struct.unpack("<Q", f.read(8))
             self._data_start[path] = 8 + n
             for name, info in infos.items():
+                if name in self.where:
+                    raise TensorpressError(f"tensor {name} is stored twice: in {self.where[name]} and in {path}")
                 self.where[name] = path
                 self.infos[name] = info
 
@@ -112,6 +142,20 @@ class SafetensorsReader:
 
     def names(self) -> list[str]:
         return list(self.where)
+
+    def kind(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        """(dtype, shape) of a tensor as readers will see it (decoded form for entropy-coded ones),
+        from the headers alone; None when absent."""
+        if name not in self.where:
+            return None
+        entry = self.coded.get(name)
+        if entry is None:
+            info = self.infos[name]
+            return info.dtype, info.shape
+        dtype, shape = entry.get("dtype"), entry.get("shape")
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise TensorpressError(f"{self.where[name]}: tensor {name}: corrupt entropy-coded entry (dtype/shape)")
+        return dtype, tuple(shape)
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.where:
@@ -156,20 +200,55 @@ class SafetensorsReader:
         self.close()
 
 
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def read_index(folder: Path) -> dict[str, str] | None:
+    """The index's weight_map (tensor → shard file name), None without an index.
+
+    Entries must be plain file names inside `folder`: `../x`, absolute paths and sub-paths are refused
+    rather than followed (an index is data from the internet; it must not make us read files elsewhere).
+    """
+    index = folder / INDEX_NAME
+    if not (index.exists() or index.is_symlink()):
+        return None
+    data = load_json_file(index, "index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise TensorpressError(f"index '{index}': weight_map must be a non-empty mapping of tensor → shard file")
+    for tensor, fname in weight_map.items():
+        if not isinstance(fname, str) or not fname:
+            raise TensorpressError(f"index '{index}': weight_map[{tensor!r}] must be a file name, got {fname!r}")
+        if "/" in fname or "\\" in fname or fname in (".", ".."):
+            raise TensorpressError(
+                f"index '{index}': weight_map[{tensor!r}] = {fname!r} is not a file inside {folder}; "
+                "refusing to follow it"
+            )
+    return weight_map
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors shards of an HF checkpoint folder (index-aware)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise TensorpressError(f"{index}: corrupt index ({e})") from e
-        files = [folder / n for n in names]
+    weight_map = read_index(folder)
+    if weight_map is not None:
+        files = [folder / n for n in sorted(set(weight_map.values()))]
         for f in files:
-            if not f.is_file():
-                raise TensorpressError(f"{index}: lists {f.name}, which is missing")
+            if not (f.exists() or f.is_symlink()):
+                raise TensorpressError(f"index '{folder / INDEX_NAME}': lists {f.name}, which is missing")
         return files
     return sorted(folder.glob("*.safetensors"))
+
+
+def check_index(folder: Path, reader: SafetensorsReader) -> None:
+    """Every tensor the index names lives in the shard it names (so no shard's copy is silently ignored)."""
+    for tensor, fname in (read_index(folder) or {}).items():
+        where = reader.where.get(tensor)
+        if where is None:
+            raise TensorpressError(f"index '{folder / INDEX_NAME}': lists tensor {tensor} in {fname}, which lacks it")
+        if where.name != fname:
+            raise TensorpressError(
+                f"index '{folder / INDEX_NAME}': maps tensor {tensor} to {fname}, but it is stored in {where.name}"
+            )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
+from tensorpress.formats.pack_quantized import pack_int32, packed_words, unpack_int32
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize, expand_groups
 
 SPARSE_PARTS = ("weight_mask", "weight_mask_index", "weight_values")
@@ -127,7 +127,12 @@ def decode_sparse(name: str, scheme: QuantScheme | None, read, names: set[str], 
         w[mask] = values
         return w
     rows = out_f if nm else 1
-    kept = unpack_int32(read(f"{name}.weight_packed"), scheme.bits, nnz // rows, dim=1).reshape(-1)
+    packed = read(f"{name}.weight_packed")
+    if tuple(packed.shape) != (rows, packed_words(nnz // rows, scheme.bits)):
+        raise TensorpressError(
+            f"{name}.weight_packed: shape {list(packed.shape)} cannot hold {nnz} kept {scheme.bits}-bit codes"
+        )
+    kept = unpack_int32(packed, scheme.bits, nnz // rows, dim=1).reshape(-1)
     scale = read(f"{name}.weight_scale")
     zero = None
     if not scheme.symmetric:

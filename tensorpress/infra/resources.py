@@ -1,11 +1,14 @@
-"""Wall time and peak resident memory per stage, for the report."""
+"""Wall time and peak resident memory per stage, for the report; the memory a run may still take."""
 
 from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from tensorpress.errors import TensorpressError
 
 
 def _reset_peak() -> bool:
@@ -49,6 +52,29 @@ class StageMeter:
             peak = peak_rss_bytes()
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), peak)
             self.overall_peak = max(self.overall_peak, peak)
+
+
+def available_bytes() -> int:
+    """Memory a run may still allocate: the OS's available memory, capped by RLIMIT_AS headroom."""
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        avail = min(avail, max(0, soft - psutil.Process().memory_info().vms))
+    return avail
+
+
+def check_fits(nbytes: int, culprit: Callable[[], str]) -> None:
+    """Refuse, before allocating, a run whose estimated peak exceeds what is available.
+
+    `culprit()` names the file and key responsible; it is only computed when the check fails.
+    """
+    avail = available_bytes()
+    if nbytes > avail:
+        raise TensorpressError(
+            f"{culprit()}: needs ~{nbytes / 2**30:,.1f} GiB of memory, more than the {avail / 2**30:,.1f} GiB available"
+        )
 
 
 @contextmanager

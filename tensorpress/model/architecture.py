@@ -99,13 +99,18 @@ def build_skeleton(config_dict: dict, checkpoint_names: list[str]) -> Skeleton:
     model_type = cfg.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise TensorpressError(f"config.json: unknown model_type '{model_type}'")
-    config = CONFIG_MAPPING[model_type].from_dict(cfg)
+    try:
+        config = CONFIG_MAPPING[model_type].from_dict(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise TensorpressError(f"config.json: not a valid {model_type} config ({_first_line(e)})") from e
     try:
         with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config)
     except ValueError as e:
-        archs = ",".join(cfg.get("architectures") or [model_type or "?"])
+        archs = ",".join(map(str, cfg.get("architectures") or [model_type or "?"]))
         raise TensorpressError(f"architecture {archs} is not a causal language model tensorpress can load") from e
+    except (TypeError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as e:
+        raise TensorpressError(f"config.json: cannot build a {model_type} model from it ({_first_line(e)})") from e
     model.eval()
     substitute_structure(model, (config_dict.get("tensorpress") or {}).get("structure"))  # low-rank modules
     n_layers = getattr(config, "num_hidden_layers", None)
@@ -138,6 +143,11 @@ def substitute_structure(model: nn.Module, structure: dict | None) -> None:
         out_f, in_f = get_weight(old).shape
         new = LowRankLinear(in_f, out_f, int(svd["rank"]), old.bias is not None, device="meta")
         replace_module(model, name, new)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _map_names(model: nn.Module, config, on_disk: set[str]) -> tuple[dict[str, str], set[str], dict[str, str]]:

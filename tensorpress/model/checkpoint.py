@@ -6,7 +6,6 @@ network allows). Everything downstream streams tensors from the folder's shards 
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -15,8 +14,10 @@ from pathlib import Path
 import torch
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files
+from tensorpress.formats.safetensors_io import SafetensorsReader, check_index, weight_files
 from tensorpress.infra.cache import cache_dir
+from tensorpress.infra.inputs import check_regular, load_json_file
+from tensorpress.model.validate import check_config_dict
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOKENIZER_FILES = (
@@ -98,27 +99,27 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
     spec = str(spec)
     folder = resolve_folder(spec)
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
+    if not (cfg_path.exists() or cfg_path.is_symlink()):
         raise TensorpressError(f"model '{spec}': {folder} has no config.json")
-    try:
-        config_dict = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TensorpressError(f"{cfg_path}: unreadable config ({e})") from e
+    check_regular(cfg_path, "config")
+    config_dict = check_config_dict(load_json_file(cfg_path, "config", 16 << 20), f"config '{cfg_path}'")
     files = weight_files(folder)
     if not files:
         bins = list(folder.glob("*.bin")) + list(folder.glob("*.pt"))
         hint = " (only PyTorch .bin weights: re-save with safetensors)" if bins else ""
         raise TensorpressError(f"model '{spec}': {folder} has no safetensors weights{hint}")
-    return Checkpoint(spec, folder, config_dict, SafetensorsReader(files))
+    reader = SafetensorsReader(files)
+    try:
+        check_index(folder, reader)
+    except TensorpressError:
+        reader.close()
+        raise
+    return Checkpoint(spec, folder, config_dict, reader)
 
 
 def recorded_base(spec: str) -> str | None:
     """The base checkpoint a tensorpress output records in its config.json (any output format)."""
-    cfg_path = resolve_folder(spec) / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise TensorpressError(f"{cfg_path}: unreadable config ({e})") from e
+    cfg = load_json_file(resolve_folder(spec) / "config.json", "config")
     entry = cfg.get("tensorpress") if isinstance(cfg, dict) else None
     base = entry.get("base") if isinstance(entry, dict) else None
     return base if isinstance(base, str) else None

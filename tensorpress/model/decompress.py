@@ -7,15 +7,17 @@ from pathlib import Path
 
 from tensorpress.formats.safetensors_io import ShardWriter
 from tensorpress.infra.outputs import OutputClaim, input_paths
-from tensorpress.model.architecture import build_skeleton
+from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from tensorpress.model.loader import dense_tensors, quantized_modules
 from tensorpress.model.structure import fold_lowrank
+from tensorpress.model.validate import checked_skeleton
 
 
 def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write `model` (any tensorpress output) as a plain dense checkpoint into `out`, atomically."""
     out = Path(out)
+    check_writable(Path(out))
     with OutputClaim(out, "decompress", force, input_paths(model)) as claim:
         ckpt = open_checkpoint(model)
         try:
@@ -27,7 +29,7 @@ def decompress(model: str | Path, out: str | Path, force: bool = False) -> Path:
 
 
 def _write_dense(ckpt: Checkpoint, claim: OutputClaim) -> None:
-    skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+    skel = checked_skeleton(ckpt)
     quantized_modules(ckpt, skel)  # fail early if a packed module has no scheme
     with claim.build() as tmp:
         writer = ShardWriter(tmp, metadata={"format": "pt"})

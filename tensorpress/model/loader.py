@@ -6,7 +6,6 @@ test suite checks both give the same logits.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,30 +13,47 @@ import torch
 from torch import nn
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.compressed_tensors import module_schemes
+from tensorpress.formats.compressed_tensors import check_packed, module_schemes, weight_shape
 from tensorpress.formats.gguf_read import gguf_output, read_gguf_weights
 from tensorpress.formats.quantized import QuantScheme
-from tensorpress.formats.sparse import decode_module
+from tensorpress.formats.sparse import decode_module, is_sparse
+from tensorpress.infra.inputs import load_json_file
 from tensorpress.model.architecture import Skeleton, build_skeleton, get_weight, is_linear
 from tensorpress.model.checkpoint import Checkpoint, open_checkpoint
+from tensorpress.model.validate import checked_skeleton
 
 
 def quantized_modules(ckpt: Checkpoint, skel: Skeleton) -> dict[str, QuantScheme]:
-    """On-disk module name → scheme for every packed Linear of the checkpoint."""
-    qconfig = ckpt.config_dict.get("quantization_config")
-    if not qconfig or not skel.packed:
-        return {}
-    modules = {}
+    """On-disk module name → scheme for every packed Linear of the checkpoint.
+
+    Every packed module's tensors are checked against its scheme here, from the headers, before
+    anything is decoded: a config edited after packing (num_bits, group size, symmetry, a group
+    removed) would otherwise decode into wrong weights without a word.
+    """
     names = set(ckpt.reader.names())
+    modules = {}
     for key, disk in skel.packed.items():
-        if f"{disk}.weight_packed" not in names:  # sparse without a quantizer: values, not codes
-            continue
         mod = skel.model.get_submodule(key[: -len(".weight")])
-        modules[disk] = type(mod).__name__
-    schemes = module_schemes(qconfig, modules)
-    missing = [m for m in modules if m not in schemes]
-    if missing:
-        raise TensorpressError(f"{ckpt.folder}: {missing[0]} is packed but no quantization_config group targets it")
+        out_f, in_f = weight_shape(disk, ckpt.reader.kind, ckpt.tensor)
+        if is_linear(mod) and (out_f, in_f) != tuple(get_weight(mod).shape):
+            raise TensorpressError(
+                f"{disk}.weight_shape: [{out_f}, {in_f}], but config.json makes {key} {list(get_weight(mod).shape)}"
+            )
+        if f"{disk}.weight_packed" in names:  # sparse without a quantizer stores values, not codes
+            modules[disk] = (type(mod).__name__, out_f, in_f)
+    if not modules:
+        return {}
+    qconfig = ckpt.config_dict.get("quantization_config")
+    if not qconfig:
+        first = next(iter(modules))
+        raise TensorpressError(
+            f"{ckpt.folder}: {first}.weight_packed is stored but config.json has no quantization_config"
+        )
+    schemes = module_schemes(qconfig, {m: cls for m, (cls, _, _) in modules.items()})
+    for disk, (_, out_f, in_f) in modules.items():
+        if disk not in schemes:
+            raise TensorpressError(f"{ckpt.folder}: {disk} is packed but no quantization_config group targets it")
+        check_packed(disk, schemes[disk], ckpt.reader.kind, out_f, in_f, sparse=is_sparse(disk, names))
     return schemes
 
 
@@ -65,13 +81,13 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cp
     model, ready for eval."""
     gguf_entry = gguf_output(Path(path))
     if gguf_entry is not None:
-        config = json.loads((Path(path) / "config.json").read_text())
+        config = load_json_file(Path(path) / "config.json", "config")
         model = build_skeleton(config, list(gguf_entry.get("tensors", {}))).model
         state = {k: t.to(device=device, dtype=dtype) for k, t in read_gguf_weights(Path(path), config, gguf_entry)}
         return _finish(model, state, path, device)
     ckpt = open_checkpoint(path)
     try:
-        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+        skel = checked_skeleton(ckpt)
         model = skel.model
         state = {
             k: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)

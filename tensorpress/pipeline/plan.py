@@ -16,6 +16,7 @@ from tensorpress.compressors.sparsity import outlier_ratio, owl_sparsities, wand
 from tensorpress.errors import TensorpressError
 from tensorpress.model.architecture import Skeleton, get_weight, is_linear, materialize, release
 from tensorpress.model.structure import expand_factors
+from tensorpress.pipeline.limits import check_group_memory
 from tensorpress.pipeline.recipe import Recipe
 
 STRUCTURAL = ("svd", "prune", "eora")
@@ -36,7 +37,10 @@ def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
         if step.cls.lossless:
             plan[step.index] = []
             continue
-        names = [n for n in candidates if step.selects(n)]
+        try:
+            names = [n for n in candidates if step.selects(n)]
+        except TensorpressError as e:  # a regex that ran out of time: say which recipe holds it
+            raise TensorpressError(f"recipe '{recipe.source}': {e}") from e
         where = f"recipe '{recipe.source}': steps[{step.index}].{step.name}"
         if not names:
             raise TensorpressError(f"{where}: targets/ignore select no Linear module of {skel.arch}")
@@ -51,6 +55,7 @@ def plan_targets(skel: Skeleton, recipe: Recipe) -> dict[int, list[str]]:
             raise TensorpressError(f"{where}: calibrated compressors cannot target {head} yet; add it to ignore")
         plan[step.index] = names
     check_plan(skel, recipe, plan)  # per-module order of svd / prune / quantizers / eora
+    check_group_memory(skel, recipe, plan)
     return plan
 
 

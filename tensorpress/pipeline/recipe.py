@@ -12,18 +12,17 @@ Every error names the recipe, the step index and the key at fault.
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tensorpress.compressors import REGISTRY, Compressor
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.ggml_types import TYPES
+from tensorpress.infra.inputs import check_regular, load_yaml_file
+from tensorpress.infra.patterns import compile_pattern, fullmatch
 from tensorpress.pipeline.gguf_mix import FLOAT_TYPES, PRESETS
 
 TOP_KEYS = ("name", "description", "calibration", "gguf", "steps")
@@ -40,9 +39,13 @@ class CalibrationConfig:
     batch_size: int = 8  # windows per forward pass during calibration
 
     def validate(self) -> None:
-        for key in ("samples", "seqlen", "batch_size"):
+        for key in ("samples", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
+        if self.seqlen < 2:  # one token per window gives no next-token statistics at all
+            raise ConfigError("seqlen", f"must be ≥ 2, got {self.seqlen}")
+        if not 0 <= self.seed < 2**64:
+            raise ConfigError("seed", f"must be in 0 … 2^64-1, got {self.seed}")
 
 
 @dataclass
@@ -84,9 +87,10 @@ class Step:
         return bool(getattr(self.config, "needs_calibration", self.cls.needs_calibration))
 
     def selects(self, module_name: str) -> bool:
-        if self.targets and not any(match(p, module_name) for p in self.targets):
+        where = f"steps[{self.index}].targets"
+        if self.targets and not any(match(p, module_name, where) for p in self.targets):
             return False
-        return not any(match(p, module_name) for p in self.ignore)
+        return not any(match(p, module_name, f"steps[{self.index}].ignore") for p in self.ignore)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {self.name: asdict(self.config)}
@@ -124,11 +128,12 @@ class Recipe:
         return d
 
 
-def match(pattern: str, module_name: str) -> bool:
+def match(pattern: str, module_name: str, where: str = "pattern") -> bool:
     """`re:REGEX` must match the whole name; a glob matches the name or any dotted suffix of it,
-    so `lm_head`, `q_proj` and `self_attn.*` work without spelling out `model.layers.N.`."""
+    so `lm_head`, `q_proj` and `self_attn.*` work without spelling out `model.layers.N.`.
+    Regexes run with a time bound (`infra.patterns`): a backtracking bomb is an error naming it."""
     if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], module_name) is not None
+        return fullmatch(pattern[3:], module_name, where)
     parts = module_name.split(".")
     return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
 
@@ -145,7 +150,8 @@ def builtin_recipes() -> dict[str, Path]:
 
 def find_recipe(spec: str | Path) -> Path:
     path = Path(spec).expanduser()
-    if path.is_file():
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        check_regular(path, "recipe")  # a FIFO or device would block or never end
         return path
     shipped = builtin_recipes()
     key = path.name[:-5] if path.name.endswith(".yaml") else path.name
@@ -161,15 +167,7 @@ def load_recipe(spec: str | Path | dict) -> Recipe:
     if isinstance(spec, dict):
         return parse_recipe(spec, "<dict>")
     path = find_recipe(spec)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" line {where.line + 1}" if where else ""
-        raise TensorpressError(f"recipe '{path}':{line} invalid YAML") from e
-    except OSError as e:
-        raise TensorpressError(f"recipe '{path}': cannot read ({e.strerror})") from e
-    return parse_recipe(raw, str(path))
+    return parse_recipe(load_yaml_file(path, "recipe"), str(path))
 
 
 def parse_recipe(raw: Any, source: str) -> Recipe:
@@ -191,6 +189,9 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
     steps = [_parse_step(i, s, fail) for i, s in enumerate(raw_steps)]
+    for key in ("name", "description"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise fail(key, f"must be a string, got {type(raw[key]).__name__}")
     gguf = None
     if "gguf" in raw:
         if not isinstance(raw["gguf"], dict):
@@ -200,7 +201,8 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         except ConfigError as e:
             raise fail(f"gguf.{e.key}", str(e)) from e
         _check_gguf_steps(raw_steps, steps, fail)
-    recipe = Recipe(source, calibration, steps, str(raw.get("name", "")), str(raw.get("description", "")), gguf)
+    name, description = str(raw.get("name") or ""), str(raw.get("description") or "")
+    recipe = Recipe(source, calibration, steps, name, description, gguf)
     check_composition(recipe)
     return recipe
 
@@ -246,9 +248,9 @@ def _parse_step(i: int, raw: Any, fail) -> Step:
         for pattern in value:
             if pattern.startswith("re:"):
                 try:
-                    re.compile(pattern[3:])
-                except re.error as e:
-                    raise fail(f"steps[{i}].{key}", f"bad regex {pattern!r} ({e})") from e
+                    compile_pattern(pattern[3:], f"steps[{i}].{key}")
+                except TensorpressError as e:
+                    raise fail(f"steps[{i}].{key}", str(e).split(": ", 1)[1]) from e
         lists[key] = list(value)
     return Step(i, name, config, lists["targets"], lists["ignore"])
 

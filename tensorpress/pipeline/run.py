@@ -20,16 +20,19 @@ import torch
 
 from tensorpress.calibration.forward import capture_inputs
 from tensorpress.calibration.windows import calibration_windows, eval_windows, load_tokenizer
+from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import quantization_config
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.infra.devices import check_device
 from tensorpress.infra.outputs import OutputClaim, input_paths
 from tensorpress.infra.progress import Progress
 from tensorpress.infra.resources import StageMeter, stage
-from tensorpress.model.architecture import build_skeleton
+from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.model.validate import checked_skeleton
 from tensorpress.pipeline.gguf_export import GGUF_FILE, export_gguf
 from tensorpress.pipeline.layers import compress_layers
+from tensorpress.pipeline.limits import check_calibration_memory, check_context, refuse_compressed
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
 from tensorpress.pipeline.schemes import module_schemes
@@ -59,6 +62,7 @@ def compress(
     force: bool = False,
     progress: Progress | None = None,
     eval_base=None,
+    allow_long_context: bool = False,
 ) -> CompressResult:
     """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
 
@@ -68,6 +72,9 @@ def compress(
     meter = StageMeter()
     out = Path(out)
     check_device(device)
+    check_writable(out)
+    if seed is not None and not 0 <= seed < 2**64:
+        raise TensorpressError(f"--seed {seed}: must be in 0 … 2^64-1")
     named = recipe if isinstance(recipe, (str, Path)) else None
     with OutputClaim(out, "compress", force, input_paths(model, named, eval_text)) as claim:
         with stage(meter, progress, "load"):
@@ -79,7 +86,9 @@ def compress(
             ckpt = open_checkpoint(model)
         try:
             claim.check_apart([ckpt.folder])  # a hub id or a .gguf resolves to a folder only now
-            return _compress_into(claim, ckpt, rec, eval_text, windows, seqlen, device, progress, meter, eval_base)
+            return _compress_into(
+                claim, ckpt, rec, eval_text, windows, seqlen, device, progress, meter, eval_base, allow_long_context
+            )
         finally:
             ckpt.close()
 
@@ -95,12 +104,20 @@ def _compress_into(
     progress: Progress,
     meter: StageMeter,
     eval_base,
+    allow_long_context: bool = False,
 ) -> CompressResult:
     """The work of `compress` once the output is claimed and the inputs are open."""
     with stage(meter, progress, "plan"):
-        skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+        refuse_compressed(ckpt, ckpt.spec)
+        skel = checked_skeleton(ckpt)
         plan = plan_targets(skel, rec)
         schemes = module_schemes(skel, rec, plan)
+        if eval_text:
+            check_context(skel, seqlen, "--seqlen", allow_long_context)
+        if rec.needs_calibration:
+            what = f"recipe '{rec.source}': calibration.seqlen"
+            check_context(skel, rec.calibration.seqlen, what, allow_long_context)
+            check_calibration_memory(skel, rec)
         tokenizer = None
         if eval_text or rec.needs_calibration:
             tokenizer = load_tokenizer(ckpt.folder)
@@ -139,7 +156,13 @@ def _compress_into(
 
             with stage(meter, progress, "evaluate"):
                 metrics = evaluate_tokens(
-                    tmp, eval_base or ckpt.folder, eval_tokens, device=device, progress=progress, tokenizer=tokenizer
+                    tmp,
+                    eval_base or ckpt.folder,
+                    eval_tokens,
+                    device=device,
+                    progress=progress,
+                    tokenizer=tokenizer,
+                    allow_long_context=allow_long_context,
                 )
             metrics["text"] = eval_text
             result.report = build_report(tmp, ckpt, rec.to_dict(), metrics, meter, meta_notes, layer_stats)
