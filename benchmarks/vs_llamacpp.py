@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import gguf
+import yaml
 
 TYPES = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
-CTX, EVAL_CHUNKS, CALIB_CHUNKS = 512, 48, 128
+CTX = 512
 
 
 def sh(cmd: list[str], log: Path, env: dict | None = None) -> str:
@@ -99,9 +100,11 @@ def write_bf16_gguf(model: Path, dest: Path) -> None:
         write_gguf(dest, config, model, tensors())
 
 
-def perplexity(bins: Path, model: Path, text: Path, base_kld: Path, log: Path, make_base: bool = False) -> dict:
+def perplexity(
+    bins: Path, model: Path, text: Path, base_kld: Path, log: Path, chunks: int, make_base: bool = False
+) -> dict:
     cmd = [str(bins / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(CTX)]
-    cmd += ["--chunks", str(EVAL_CHUNKS), "-t", str(os.cpu_count() or 2), "-b", str(CTX)]
+    cmd += ["--chunks", str(chunks), "-t", str(os.cpu_count() or 2), "-b", str(CTX)]
     cmd += ["--kl-divergence-base", str(base_kld)] + ([] if make_base else ["--kl-divergence"])
     out = sh(cmd, log)
     res: dict = {}
@@ -116,11 +119,11 @@ def perplexity(bins: Path, model: Path, text: Path, base_kld: Path, log: Path, m
     return res
 
 
-def our_eval(path: Path, base: Path, text: str) -> dict:
+def our_eval(path: Path, base: Path, text: str, windows: int) -> dict:
     """tensorpress's evaluator on the same file (a .gguf goes through its GGUF reader)."""
     import tensorpress
 
-    m = tensorpress.evaluate(path, base=base, text=text, windows=EVAL_CHUNKS, seqlen=CTX)
+    m = tensorpress.evaluate(path, base=base, text=text, windows=windows, seqlen=CTX)
     return {"ppl": m["ppl"], "kl": m["kl"], "top1": m["top1_agreement"]}
 
 
@@ -133,11 +136,14 @@ def main() -> None:
     ap.add_argument("--imatrix", type=Path, help="an existing imatrix of kjv:calib (128×512)")
     ap.add_argument("--ood-text", type=Path, help="an English text of another kind, never calibrated on")
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--calib-chunks", type=int, default=128, help="calibration windows of 512, both tools")
+    ap.add_argument("--eval-chunks", type=int, default=48, help="eval windows of 512")
     ap.add_argument("--no-ours-eval", action="store_true", help="skip tensorpress's own evaluator (slow on 2 cores)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     from tensorpress.model.sample import ensure_sample
+    from tensorpress.pipeline.recipe import find_recipe
 
     sample = ensure_sample()
     work = args.work
@@ -153,11 +159,13 @@ def main() -> None:
     base_ppl = {}
     for key, path in texts.items():
         base_kld[key] = work / f"base-{key.replace(':', '_')}.kld"
-        base_ppl[key] = perplexity(bins, bf16, path, base_kld[key], work / "logs" / f"base-{key}.log", True)["ppl"]
+        base_ppl[key] = perplexity(
+            bins, bf16, path, base_kld[key], work / "logs" / f"base-{key}.log", args.eval_chunks, True
+        )["ppl"]
     imatrix = args.imatrix or work / "imatrix.gguf"
     if not imatrix.is_file():
         cmd = [str(bins / "llama-imatrix"), "-m", str(bf16), "-f", str(sample.calib), "-c", str(CTX)]
-        sh([*cmd, "--chunks", str(CALIB_CHUNKS), "-o", str(imatrix)], work / "logs" / "imatrix.log")
+        sh([*cmd, "--chunks", str(args.calib_chunks), "-o", str(imatrix)], work / "logs" / "imatrix.log")
 
     rows = []
     for typ in args.types.split(","):
@@ -173,16 +181,21 @@ def main() -> None:
         t = time.time()
         if not (ours_dir / "model.gguf").is_file():
             cmd = [sys.executable, "-m", "tensorpress.cli.main", "compress", str(sample.model)]
-            sh([*cmd, "--recipe", f"gguf-{typ.lower()}", "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
+            recipe = work / f"gguf-{typ.lower()}.yaml"  # the shipped recipe, calibrated on the same windows
+            raw = yaml.safe_load(find_recipe(f"gguf-{typ.lower()}").read_text())
+            raw["calibration"]["samples"] = args.calib_chunks
+            recipe.write_text(yaml.safe_dump(raw))
+            sh([*cmd, "--recipe", str(recipe), "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
         files["tensorpress"] = ours_dir / "model.gguf"
         for tool, f in files.items():
             row = {"type": typ, "tool": tool, "bytes": f.stat().st_size}
             for key, path in texts.items():
-                r = perplexity(bins, f, path, base_kld[key], work / "logs" / f"ppl-{typ}-{tool}-{key}.log")
+                log = work / "logs" / f"ppl-{typ}-{tool}-{key}.log"
+                r = perplexity(bins, f, path, base_kld[key], log, args.eval_chunks)
                 row[f"{key}:ppl"], row[f"{key}:kld"] = r["ppl"], r["kld"]
             if not args.no_ours_eval:
                 target = ours_dir if tool == "tensorpress" else f
-                row["tensorpress_eval"] = our_eval(target, sample.model, "kjv:eval")
+                row["tensorpress_eval"] = our_eval(target, sample.model, "kjv:eval", args.eval_chunks)
             rows.append(row)
         print(f"{typ}: done ({time.time() - t:.0f}s)", flush=True)
         if args.json:
