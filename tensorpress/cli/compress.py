@@ -33,6 +33,14 @@ def compress_cmd(
     seed: Annotated[int | None, typer.Option(help="Calibration seed (overrides the recipe's).")] = None,
     force: Force = False,
     quiet: Quiet = False,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option("--target-bpw", help="Automatic mixed precision: bits per quantized weight to fit (e.g. 3.5)."),
+    ] = None,
+    target_size: Annotated[
+        str | None,
+        typer.Option("--target-size", help="Automatic mixed precision: total size of the weight files (e.g. 90MB)."),
+    ] = None,
 ) -> None:
     from tensorpress.pipeline.run import compress
 
@@ -47,6 +55,8 @@ def compress_cmd(
         seed=seed,
         force=force,
         progress=progress_for(quiet),
+        target_bpw=target_bpw,
+        target_size=target_size,
     )
     if quiet:
         return

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.pack_quantized import pack_int32, unpack_int32
+from tensorpress.formats.pack_quantized import pack_int32, packed_words, unpack_int32
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize
 
 SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
@@ -31,6 +31,16 @@ def pack_tensors(module_name: str, qw: QuantizedWeight) -> dict[str, torch.Tenso
     if qw.zero is not None:
         tensors[f"{module_name}.weight_zero_point"] = pack_int32(qw.zero, b, dim=0)
     return tensors
+
+
+def packed_bytes(out_f: int, in_f: int, scheme: QuantScheme, scale_bytes: int) -> int:
+    """Bytes `pack_tensors` stores for an (out, in) weight, as `bits_per_weight` counts them: packed codes,
+    scales and (asymmetric) packed zero points; not the 16-byte weight_shape."""
+    g = scheme.groups(in_f)
+    total = out_f * packed_words(in_f, scheme.bits) * 4 + out_f * g * scale_bytes
+    if not scheme.symmetric:
+        total += packed_words(out_f, scheme.bits) * g * 4
+    return total
 
 
 def scheme_args(s: QuantScheme) -> dict:

@@ -23,8 +23,9 @@ import yaml
 from tensorpress.compressors import REGISTRY, Compressor
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
+from tensorpress.pipeline.budget import BudgetConfig
 
-TOP_KEYS = ("name", "description", "calibration", "steps")
+TOP_KEYS = ("name", "description", "calibration", "budget", "steps")
 STEP_KEYS = ("targets", "ignore")
 
 
@@ -83,6 +84,7 @@ class Recipe:
     steps: list[Step]
     name: str = ""
     description: str = ""
+    budget: BudgetConfig | None = None  # automatic mixed precision (pipeline/auto.py), when given
 
     @property
     def needs_calibration(self) -> bool:
@@ -96,6 +98,8 @@ class Recipe:
         if self.description:
             d["description"] = self.description
         d["calibration"] = asdict(self.calibration)
+        if self.budget is not None:
+            d["budget"] = asdict(self.budget)
         d["steps"] = [s.to_dict() for s in self.steps]
         return d
 
@@ -163,11 +167,19 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         raise fail(f"calibration.{e.key}", str(e)) from e
     except TypeError as e:
         raise fail("calibration", "must be a mapping") from e
+    budget = None
+    if raw.get("budget") is not None:
+        try:
+            budget = parse_config(BudgetConfig, raw["budget"])
+        except ConfigError as e:
+            raise fail(f"budget.{e.key}", str(e)) from e
+        except TypeError as e:
+            raise fail("budget", "must be a mapping") from e
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
     steps = [_parse_step(i, s, fail) for i, s in enumerate(raw_steps)]
-    recipe = Recipe(source, calibration, steps, str(raw.get("name", "")), str(raw.get("description", "")))
+    recipe = Recipe(source, calibration, steps, str(raw.get("name", "")), str(raw.get("description", "")), budget)
     check_composition(recipe)
     return recipe
 

@@ -28,6 +28,8 @@ from tensorpress.infra.progress import Progress
 from tensorpress.infra.resources import StageMeter
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
+from tensorpress.pipeline.auto import allocate, allocation_problem
+from tensorpress.pipeline.budget import BudgetConfig, set_target
 from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import Recipe, load_recipe
@@ -58,11 +60,14 @@ def compress(
     force: bool = False,
     progress: Progress | None = None,
     eval_base=None,
+    target_bpw: float | None = None,
+    target_size: str | None = None,
 ) -> CompressResult:
     """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
 
     `eval_base`: a precomputed `evaluation.BaseReference` on the same eval windows (a batch computes the
-    base once per model); by default the base model runs alongside the compressed one."""
+    base once per model); by default the base model runs alongside the compressed one. `target_bpw` /
+    `target_size` set the recipe's budget (automatic mixed precision, pipeline/auto.py)."""
     progress = progress or Progress()
     meter = StageMeter()
     out = Path(out)
@@ -70,6 +75,9 @@ def compress(
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         if seed is not None:
             rec.calibration.seed = seed
+        if target_bpw is not None or target_size is not None:
+            rec.budget = rec.budget or BudgetConfig()
+            set_target(rec.budget, target_bpw, target_size)
         check_out_dir(out, force)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise TensorpressError(f"--device {device}: CUDA is not available on this machine")
@@ -78,9 +86,9 @@ def compress(
             raise TensorpressError(f"--out {out}: is the input checkpoint itself")
         skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
         plan = plan_targets(skel, rec)
-        schemes = module_schemes(skel, rec, plan)
+        problem = allocation_problem(skel, ckpt, rec, plan) if rec.budget is not None else None  # range errors now
         tokenizer = None
-        if eval_text or rec.needs_calibration:
+        if eval_text or rec.needs_calibration or problem is not None:
             tokenizer = load_tokenizer(ckpt.folder)
         eval_tokens = eval_windows(eval_text, tokenizer, windows, seqlen) if eval_text else None
     torch.manual_seed(rec.calibration.seed)
@@ -88,6 +96,11 @@ def compress(
     with atomic_dir(out) as tmp:
         inputs: list[torch.Tensor] = []
         kwargs_list: list[dict] = []
+        allocation = None
+        if problem is not None:
+            with meter.stage("allocate"):
+                allocation = allocate(problem, skel, ckpt, rec, tokenizer, device, progress)
+        schemes = module_schemes(skel, rec, plan, allocation)
         if rec.needs_calibration:
             with meter.stage("calibrate"):
                 c = rec.calibration
@@ -97,6 +110,8 @@ def compress(
             layer_stats = compress_layers(
                 skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
             )
+        if allocation is not None:
+            layer_stats["auto"] = allocation.info
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
@@ -139,6 +154,8 @@ def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: 
         "base": str(ckpt.folder.resolve()),
         "notes": notes,
     }
+    if stats.get("auto"):
+        cfg["tensorpress"]["auto"] = stats["auto"]  # automatic mixed precision: budget, choice, estimates
     if stats.get("structure"):
         cfg["tensorpress"]["structure"] = stats["structure"]  # what the loader rebuilds: svd, sparse, eora
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
