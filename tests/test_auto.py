@@ -147,6 +147,14 @@ def test_rerun_with_another_target_reuses_the_measurement_and_reports(tiny_model
     assert "predicted KL" in (second / "report.md").read_text()
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "opt"])
+def test_tied_head_and_other_layouts(tiny_models, text_file, tmp_path, arch):
+    """The sensitivity pass reads a tied output head from the embedding (qwen2) and runs OPT's layers."""
+    out = tmp_path / "out"
+    tensorpress.compress(tiny_models[arch], recipe(text_file, bits_per_weight=3.5), out)
+    assert 3.5 * 0.99 <= size_stats(out)["bits_per_weight"] <= 3.5
+
+
 def test_size_target_never_exceeded(tiny_models, text_file, tmp_path):
     base = size_stats(tiny_models["llama"])["size_bytes"]
     target = int(base * 0.55)
