@@ -178,7 +178,8 @@ def bits_heatmap(modules: dict[str, dict]) -> str | None:
     for r in range(len(layers)):
         for c in range(len(kinds)):
             if not np.isnan(data[r, c]):
-                ax.text(c, r, f"{data[r, c]:g}", ha="center", va="center", fontsize=7, color="white")
+                color = "white" if data[r, c] < (np.nanmin(data) + np.nanmax(data)) / 2 else "black"  # viridis
+                ax.text(c, r, f"{data[r, c]:g}", ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(len(kinds)), [k.rpartition(".")[2] for k in kinds], rotation=30, fontsize=8)
     ax.set_yticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
     ax.set_ylabel("decoder layer")
