@@ -147,9 +147,9 @@ VALIDATE = (
 )
 
 
-def validate_estimator(samples: int, bits: tuple[int, ...] = (2, 3)) -> list[dict]:
+def validate_estimator(samples: int, windows: int, bits: tuple[int, ...] = (2, 3)) -> list[dict]:
     """Predicted ΔKL (RTN error on H × output Fisher) against the KL measured by quantizing one module
-    alone (RTN, same scheme) on 4 calibration windows that are not the Fisher windows (another seed)."""
+    alone (RTN, same scheme) on `windows` calibration windows that are not the Fisher windows (another seed)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -171,7 +171,7 @@ def validate_estimator(samples: int, bits: tuple[int, ...] = (2, 3)) -> list[dic
     loss, _tokens, _secs = measure(problem, skel, ckpt, rec, tok, "cpu")
     ckpt.close()
     model = AutoModelForCausalLM.from_pretrained(sample.model, dtype=torch.float32).eval()
-    ids = calibration_windows("kjv:calib", tok, 4, 512, seed=1)
+    ids = calibration_windows("kjv:calib", tok, windows, 512, seed=1)
 
     def logp() -> torch.Tensor:
         with torch.no_grad():
@@ -203,10 +203,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (outputs, base-logit caches)")
     ap.add_argument("--json", type=Path, default=Path("auto_precision.json"), help="rows, kept across invocations")
     ap.add_argument("--chart", type=Path, default=Path("auto_precision.png"))
-    ap.add_argument("--validate", action="store_true", help="only: predicted vs measured KL of single modules")
+    ap.add_argument(
+        "--validate", action="store_true", help="only: predicted vs measured KL of single modules (--windows of them)"
+    )
     args = ap.parse_args()
     if args.validate:
-        rows = validate_estimator(args.samples)
+        rows = validate_estimator(args.samples, args.windows)
         pred = [math.log(r["predicted"]) for r in rows]
         meas = [math.log(r["measured"]) for r in rows]
         print("\n| module | bits | predicted ΔKL | measured KL | measured/predicted |\n|---|---|---|---|---|")
