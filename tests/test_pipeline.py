@@ -184,7 +184,7 @@ def test_per_module_schemes_override_the_step(tiny_models, text_file, tmp_path, 
     from tensorpress.pipeline import run
 
     name = "model.layers.0.self_attn.q_proj"
-    monkeypatch.setattr(run, "module_schemes", lambda skel, rec, plan: {name: QuantScheme(8, 32)})
+    monkeypatch.setattr(run, "module_schemes", lambda skel, rec, plan, allocation=None: {name: QuantScheme(8, 32)})
     recipe = {
         "calibration": {"text": str(text_file), "samples": 4, "seqlen": 32},
         "steps": [{step: {"bits": 3, "group_size": 32}, "ignore": ["lm_head"]}],

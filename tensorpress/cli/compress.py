@@ -44,6 +44,14 @@ def compress_cmd(
     force: Force = False,
     quiet: Quiet = False,
     allow_long_context: AllowLongContext = False,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option("--target-bpw", help="Automatic mixed precision: bits per quantized weight to fit (e.g. 3.5)."),
+    ] = None,
+    target_size: Annotated[
+        str | None,
+        typer.Option("--target-size", help="Automatic mixed precision: total size of the weight files (e.g. 90MB)."),
+    ] = None,
 ) -> None:
     from tensorpress.pipeline.run import compress
 
@@ -59,6 +67,8 @@ def compress_cmd(
         force=force,
         progress=progress_for(quiet),
         allow_long_context=allow_long_context,
+        target_bpw=target_bpw,
+        target_size=target_size,
     )
     if quiet:
         return

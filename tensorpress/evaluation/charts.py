@@ -145,3 +145,44 @@ def quality_size_chart(rows: list[dict]) -> str | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return _png_uri(fig)
+
+
+def bits_grid(modules: dict[str, dict]) -> tuple[list[int], list[str], list[list[float | None]]]:
+    """Chosen bits as a layers × module-kind grid: (layers, kinds, grid[layer][kind]) from
+    `report["auto"]["modules"]` (full name → {"bits": …}); kinds in first-seen order (q, k, v, o, gate, up, down)."""
+    cells: dict[tuple[int, str], float] = {}
+    kinds: list[str] = []
+    for name, m in modules.items():
+        found = _LAYER.search(name)
+        if not found:
+            continue
+        kind = name[found.end() :] or name
+        if kind not in kinds:
+            kinds.append(kind)
+        cells[(int(found.group(1)), kind)] = float(m["bits"])
+    layers = sorted({i for i, _ in cells})
+    return layers, kinds, [[cells.get((i, k)) for k in kinds] for i in layers]
+
+
+def bits_heatmap(modules: dict[str, dict]) -> str | None:
+    """Heat map of the bits automatic mixed precision chose per module (rows: layers, columns: kinds)."""
+    layers, kinds, grid = bits_grid(modules)
+    if not layers:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    data = np.array([[np.nan if v is None else v for v in row] for row in grid])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(kinds), 1.2 + 0.28 * len(layers)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=np.nanmin(data), vmax=np.nanmax(data))
+    for r in range(len(layers)):
+        for c in range(len(kinds)):
+            if not np.isnan(data[r, c]):
+                color = "white" if data[r, c] < (np.nanmin(data) + np.nanmax(data)) / 2 else "black"  # viridis
+                ax.text(c, r, f"{data[r, c]:g}", ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(kinds)), [k.rpartition(".")[2] for k in kinds], rotation=30, fontsize=8)
+    ax.set_yticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
+    ax.set_ylabel("decoder layer")
+    ax.set_title("bits per module (automatic mixed precision)")
+    fig.colorbar(im, ax=ax, label="bits")
+    return _png_uri(fig)

@@ -10,6 +10,7 @@ import json
 from html import escape
 
 from tensorpress.evaluation import charts
+from tensorpress.evaluation.auto_report import auto_rows
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -105,6 +106,13 @@ def render_report_html(r: dict) -> str:
         "Error per layer",
         [img(charts.layer_error_chart(errors, what), what)],
     )
+    if r.get("auto"):
+        rows = [[escape(k), escape(v)] for k, v in auto_rows(r["auto"])]
+        body += section(
+            "auto",
+            "Automatic mixed precision",
+            [table(["", ""], rows, cls="auto"), img(charts.bits_heatmap(r["auto"]["modules"]), "bits per module")],
+        )
     comps = r.get("bytes_by_component") or {}
     comp_rows = [[escape(k), f"{v:,}", f"{v / mib:.2f}"] for k, v in comps.items()]
     body += section(

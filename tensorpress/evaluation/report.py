@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tensorpress.evaluation.auto_report import auto_markdown
 from tensorpress.formats.sizes import bytes_by_component, size_stats
 from tensorpress.infra.atomic import write_text_atomic
 from tensorpress.infra.resources import StageMeter
@@ -43,6 +44,8 @@ def build_report(
         "layer_output_error": {str(k): round(v, 6) for k, v in layer_stats.get("output_error", {}).items()},
         "continuations": metrics.get("continuations"),
     }
+    if layer_stats.get("auto"):  # automatic mixed precision: what it chose, predicted against measured
+        report["auto"] = {**layer_stats["auto"], "measured_kl": metrics.get("kl")}
     return report
 
 
@@ -82,6 +85,8 @@ def render_markdown(r: dict) -> str:
         *[f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()],
         "",
     ]
+    if r.get("auto"):
+        lines += auto_markdown(r["auto"])
     if r.get("continuations"):
         lines += ["## Greedy continuations (base → compressed)", ""]
         for c in r["continuations"]:

@@ -34,6 +34,16 @@ def pack_tensors(module_name: str, qw: QuantizedWeight) -> dict[str, torch.Tenso
     return tensors
 
 
+def packed_bytes(out_f: int, in_f: int, scheme: QuantScheme, scale_bytes: int) -> int:
+    """Bytes `pack_tensors` stores for an (out, in) weight, as `bits_per_weight` counts them: packed codes,
+    scales and (asymmetric) packed zero points; not the 16-byte weight_shape."""
+    g = scheme.groups(in_f)
+    total = out_f * packed_words(in_f, scheme.bits) * 4 + out_f * g * scale_bytes
+    if not scheme.symmetric:
+        total += packed_words(out_f, scheme.bits) * g * 4
+    return total
+
+
 def scheme_args(s: QuantScheme) -> dict:
     return {
         "num_bits": s.bits,

@@ -23,9 +23,10 @@ from tensorpress.errors import TensorpressError
 from tensorpress.formats.ggml_types import TYPES
 from tensorpress.infra.inputs import check_regular, load_yaml_file
 from tensorpress.infra.patterns import compile_pattern, fullmatch
+from tensorpress.pipeline.budget import BudgetConfig
 from tensorpress.pipeline.gguf_mix import FLOAT_TYPES, PRESETS
 
-TOP_KEYS = ("name", "description", "calibration", "gguf", "steps")
+TOP_KEYS = ("name", "description", "calibration", "budget", "gguf", "steps")
 QUANT_LAYOUT_KEYS = ("bits", "group_size", "symmetric")  # set by the GGUF type when the output is GGUF
 STEP_KEYS = ("targets", "ignore")
 
@@ -108,6 +109,7 @@ class Recipe:
     steps: list[Step]
     name: str = ""
     description: str = ""
+    budget: BudgetConfig | None = None  # automatic mixed precision (pipeline/auto.py), when given
     gguf: GGUFConfig | None = None  # GGUF output (one .gguf file) instead of compressed-tensors safetensors
 
     @property
@@ -122,6 +124,8 @@ class Recipe:
         if self.description:
             d["description"] = self.description
         d["calibration"] = asdict(self.calibration)
+        if self.budget is not None:
+            d["budget"] = asdict(self.budget)
         if self.gguf is not None:
             d["gguf"] = asdict(self.gguf)
         d["steps"] = [s.to_dict() for s in self.steps]
@@ -185,6 +189,14 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         raise fail(f"calibration.{e.key}", str(e)) from e
     except TypeError as e:
         raise fail("calibration", "must be a mapping") from e
+    budget = None
+    if raw.get("budget") is not None:
+        try:
+            budget = parse_config(BudgetConfig, raw["budget"])
+        except ConfigError as e:
+            raise fail(f"budget.{e.key}", str(e)) from e
+        except TypeError as e:
+            raise fail("budget", "must be a mapping") from e
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise fail("steps", "must be a non-empty list")
@@ -202,7 +214,9 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
             raise fail(f"gguf.{e.key}", str(e)) from e
         _check_gguf_steps(raw_steps, steps, fail)
     name, description = str(raw.get("name") or ""), str(raw.get("description") or "")
-    recipe = Recipe(source, calibration, steps, name, description, gguf)
+    if gguf is not None and budget is not None:
+        raise fail("budget", "automatic mixed precision does not choose GGUF types yet; use one of budget or gguf")
+    recipe = Recipe(source, calibration, steps, name, description, budget, gguf)
     check_composition(recipe)
     return recipe
 

@@ -30,6 +30,8 @@ from tensorpress.infra.resources import StageMeter, stage
 from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from tensorpress.model.validate import checked_skeleton
+from tensorpress.pipeline.auto import allocate, allocation_problem
+from tensorpress.pipeline.budget import BudgetConfig, set_target
 from tensorpress.pipeline.gguf_export import GGUF_FILE, export_gguf
 from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.limits import check_calibration_memory, check_context, refuse_compressed
@@ -63,11 +65,14 @@ def compress(
     progress: Progress | None = None,
     eval_base=None,
     allow_long_context: bool = False,
+    target_bpw: float | None = None,
+    target_size: str | None = None,
 ) -> CompressResult:
     """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
 
     `eval_base`: a precomputed `evaluation.BaseReference` on the same eval windows (a batch computes the
-    base once per model); by default the base model runs alongside the compressed one."""
+    base once per model); by default the base model runs alongside the compressed one. `target_bpw` /
+    `target_size` set the recipe's budget (automatic mixed precision, pipeline/auto.py)."""
     progress = progress or Progress()
     meter = StageMeter()
     out = Path(out)
@@ -81,6 +86,9 @@ def compress(
             rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
             if seed is not None:
                 rec.calibration.seed = seed
+            if target_bpw is not None or target_size is not None:
+                rec.budget = rec.budget or BudgetConfig()
+                set_target(rec.budget, target_bpw, target_size)
             if rec.needs_calibration:
                 claim.check_apart(input_paths(rec.calibration.text))
             ckpt = open_checkpoint(model)
@@ -111,7 +119,7 @@ def _compress_into(
         refuse_compressed(ckpt, ckpt.spec)
         skel = checked_skeleton(ckpt)
         plan = plan_targets(skel, rec)
-        schemes = module_schemes(skel, rec, plan)
+        problem = allocation_problem(skel, ckpt, rec, plan) if rec.budget is not None else None  # range errors now
         if eval_text:
             check_context(skel, seqlen, "--seqlen", allow_long_context)
         if rec.needs_calibration:
@@ -119,7 +127,7 @@ def _compress_into(
             check_context(skel, rec.calibration.seqlen, what, allow_long_context)
             check_calibration_memory(skel, rec)
         tokenizer = None
-        if eval_text or rec.needs_calibration:
+        if eval_text or rec.needs_calibration or problem is not None:
             tokenizer = load_tokenizer(ckpt.folder)
         eval_tokens = eval_windows(eval_text, tokenizer, windows, seqlen) if eval_text else None
     torch.manual_seed(rec.calibration.seed)
@@ -127,6 +135,11 @@ def _compress_into(
     with claim.build() as tmp:
         inputs: list[torch.Tensor] = []
         kwargs_list: list[dict] = []
+        allocation = None
+        if problem is not None:
+            with meter.stage("allocate"):
+                allocation = allocate(problem, skel, ckpt, rec, tokenizer, device, progress)
+        schemes = module_schemes(skel, rec, plan, allocation)
         if rec.needs_calibration:
             with stage(meter, progress, "calibrate"):
                 c = rec.calibration
@@ -141,6 +154,8 @@ def _compress_into(
                 layer_stats["gguf_tensors"] = export_gguf(
                     tmp, _plain_config(ckpt), ckpt.folder, rec.gguf, layer_stats["schemes"]
                 )
+        if allocation is not None:
+            layer_stats["auto"] = allocation.info
         if rec.steps[-1].cls.lossless:
             from tensorpress.formats.lossless import code_folder, packed_bits
 
@@ -196,6 +211,8 @@ def _write_config(tmp: Path, ckpt: Checkpoint, rec: Recipe, stats: dict, notes: 
     }
     if rec.gguf is not None:  # what the loader reads back: the file and the HF name → type of every tensor
         cfg["tensorpress"]["gguf"] = {"file": GGUF_FILE, "type": rec.gguf.type, "tensors": stats["gguf_tensors"]}
+    if stats.get("auto"):
+        cfg["tensorpress"]["auto"] = stats["auto"]  # automatic mixed precision: budget, choice, estimates
     if stats.get("structure"):
         cfg["tensorpress"]["structure"] = stats["structure"]  # what the loader rebuilds: svd, sparse, eora
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -12,6 +12,7 @@ from tensorpress.formats.ggml_types import ggml_type
 from tensorpress.formats.gguf_write import resolve_gguf_arch
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.architecture import Skeleton, get_weight
+from tensorpress.pipeline.auto import Allocation
 from tensorpress.pipeline.gguf_mix import mix_types
 from tensorpress.pipeline.recipe import Recipe
 
@@ -21,8 +22,15 @@ def quantized_names(rec: Recipe, plan: dict[int, list[str]]) -> list[str]:
     return [n for s in rec.steps if s.cls.quantizes for n in plan[s.index]]
 
 
-def module_schemes(skel: Skeleton, rec: Recipe, plan: dict[int, list[str]]) -> dict[str, QuantScheme]:
-    """Full module name → scheme, for the modules whose scheme is not simply their step's own."""
+def module_schemes(
+    skel: Skeleton, rec: Recipe, plan: dict[int, list[str]], allocation: Allocation | None = None
+) -> dict[str, QuantScheme]:
+    """Full module name → scheme, for the modules whose scheme is not simply their step's own.
+
+    `allocation`: the bits automatic mixed precision chose under the recipe's budget (pipeline/auto.py,
+    which measures on calibration data first); a GGUF recipe: each module's type in the mix."""
+    if allocation is not None:
+        return dict(allocation.schemes)
     if rec.gguf is None:
         return {}
     resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name

@@ -1,0 +1,304 @@
+"""Automatic mixed precision: measure, then allocate, before the layer loop compresses as usual.
+
+    budget (bits/weight or bytes) ──▶ exact byte budget B of the quantized Linears
+    one streamed forward of the base model on `samples` windows: per module and candidate scheme c,
+        ē(c) = diag(ΔW Ĥ ΔWᵀ)  (out,)   — the mean squared output error it causes
+    one streamed backward on `fisher_samples` windows: per module the output Fisher diagonal Ḡ (out,)
+    predicted ΔKL(module, c) = ½ Ḡ · ē(c)
+    multiple-choice knapsack (pipeline/knapsack.py): one candidate per module, Σ bytes ≤ B, Σ ΔKL minimal
+
+The chosen schemes go to the quantizer (and to AWQ's search) through the per-module scheme map; the
+layer loop then compresses sequentially, so errors propagate as in any run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tensorpress.calibration.forward import capture_inputs
+from tensorpress.calibration.sensitivity import forward_hessians, module_shapes, output_fisher
+from tensorpress.calibration.stats import Hessian
+from tensorpress.calibration.windows import calibration_windows
+from tensorpress.compressors.quantize import rtn_quantize
+from tensorpress.errors import TensorpressError
+from tensorpress.formats.compressed_tensors import packed_bytes
+from tensorpress.formats.dtypes import DTYPES
+from tensorpress.formats.quantized import QuantScheme
+from tensorpress.infra.atomic import write_text_atomic
+from tensorpress.infra.cache import cache_dir
+from tensorpress.model.architecture import get_weight
+from tensorpress.pipeline import knapsack
+from tensorpress.pipeline.budget import BudgetConfig, parse_size
+from tensorpress.version import __version__
+
+
+@dataclass
+class Allocation:
+    """The chosen scheme per module and what the report shows about it."""
+
+    schemes: dict[str, QuantScheme]
+    info: dict = field(default_factory=dict)
+
+
+def quantizer_step(rec):
+    """The recipe's one quantizer step (auto precision varies its scheme); anything else is an error."""
+    quant = [s for s in rec.steps if s.cls.quantizes]
+    others = [s.name for s in rec.steps if not s.cls.quantizes and s.name != "awq"]
+    where = f"recipe '{rec.source}': budget"
+    if len(quant) != 1:
+        raise TensorpressError(f"{where}: needs exactly one quantizer step (rtn or gptq), found {len(quant)}")
+    if others:
+        raise TensorpressError(f"{where}: only awq and one rtn/gptq step can be allocated, not {', '.join(others)}")
+    return quant[0]
+
+
+def candidate_schemes(step, budget: BudgetConfig) -> list[QuantScheme]:
+    """The quantizer step's scheme with bits (and group size) varied, cheapest-first per group size."""
+    own = step.config.scheme()
+    groups = budget.group_sizes or [own.group_size]
+    return [
+        dataclasses.replace(own, bits=b, group_size=g) for g in dict.fromkeys(groups) for b in sorted(set(budget.bits))
+    ]
+
+
+def scale_bytes_of(ckpt, skel, name: str) -> int:
+    """Bytes per stored scale: scales are kept in the checkpoint's weight dtype (bf16: 2)."""
+    info = ckpt.reader.infos.get(skel.name_map.get(name + ".weight", ""))
+    return DTYPES[info.dtype].itemsize if info is not None and info.dtype in DTYPES else 4
+
+
+def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, candidates, costs, metadata_bytes: int) -> int:
+    """B, the bytes the quantized Linears may store. Range errors name the target and the candidates' span."""
+    weights = sum(o * i for o, i in shapes.values())
+    lo, hi = sum(min(c) for c in costs), sum(max(c) for c in costs)
+    if budget.bits_per_weight is not None:
+        t = budget.bits_per_weight
+        lo_bpw, hi_bpw = 8 * lo / weights, 8 * hi / weights
+        if t < lo_bpw:
+            raise TensorpressError(
+                f"--target-bpw {t:g}: below the smallest candidate ({lo_bpw:.4g} bits/weight, every module at "
+                f"{min(c.bits for c in candidates)} bits)"
+            )
+        if t > hi_bpw + 1e-9:
+            raise TensorpressError(
+                f"--target-bpw {t:g}: above the largest candidate ({hi_bpw:.4g} bits/weight, every module at "
+                f"{max(c.bits for c in candidates)} bits)"
+            )
+        return min(math.floor(t * weights / 8), hi)
+    total = parse_size(budget.size)
+    fixed = fixed_bytes(ckpt, skel, names, metadata_bytes)
+    room = total - fixed
+    if room < lo:
+        raise TensorpressError(
+            f"--target-size {budget.size}: below the smallest candidate ({lo + fixed:,} bytes with every module at "
+            f"{min(c.bits for c in candidates)} bits)"
+        )
+    if room > hi:
+        raise TensorpressError(
+            f"--target-size {budget.size}: above the largest candidate ({hi + fixed:,} bytes with every module at "
+            f"{max(c.bits for c in candidates)} bits)"
+        )
+    return room
+
+
+def fixed_bytes(ckpt, skel, names: list[str], metadata_bytes: int) -> int:
+    """An upper bound on the weight files' bytes other than the quantized modules' codes/scales/zeros:
+    every tensor written as it is, each module's weight_shape, and every safetensors header."""
+    quantized = {n + ".weight" for n in names}
+    written = [k for k in skel.name_map if k not in quantized]
+    data = sum(ckpt.reader.infos[skel.name_map[k]].nbytes for k in written)
+    data += 16 * len(names)  # weight_shape: int64 [out, in]
+    entries = [len(k) for k in written] + [len(n) + 20 for n in names for _ in range(4)]
+    header = sum(e + 120 for e in entries)  # name, dtype, shape and two 20-digit offsets, generously
+    shards = 1 + (data + header) // (512 * 2**20) + 1
+    return data + header + shards * (metadata_bytes + 64)
+
+
+def candidate_errors(
+    weights: dict[str, torch.Tensor], h: Hessian, candidates: list[QuantScheme], estimator: str, step_cfg
+) -> dict[str, list[torch.Tensor]]:
+    """ē(c) = diag(ΔW Ĥ ΔWᵀ) (out,) per module and candidate; modules sharing H are stacked (rows are
+    independent given H, so this is exactly the per-module result)."""
+    names = list(weights)
+    W = torch.cat([weights[n] for n in names])  # (Σ out, in)
+    H_mean = h.H / max(h.n, 1)
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for sch in candidates:
+        if estimator == "gptq":
+            from tensorpress.compressors.gptq_sweep import gptq_quantize
+
+            res = gptq_quantize(
+                W,
+                h.H,
+                sch,
+                torch.float32,
+                getattr(step_cfg, "block_size", 128),
+                getattr(step_cfg, "dampening", 0.01),
+                getattr(step_cfg, "act_order", False),
+                getattr(step_cfg, "mse_clip", False),
+            )
+            D = W - res.dense
+        else:
+            D = W - rtn_quantize(W, sch, torch.float32).dequantize()
+        e = ((D @ H_mean) * D).sum(1)  # (Σ out,)
+        row = 0
+        for n in names:
+            k = weights[n].shape[0]
+            out[n].append(e[row : row + k])
+            row += k
+    return out
+
+
+@dataclass
+class Problem:
+    """What the knapsack chooses among, known before any calibration work (so range errors come first)."""
+
+    step: object  # the quantizer step whose scheme varies
+    names: list[str]  # the modules it quantizes
+    candidates: list[QuantScheme]
+    costs: list[list[int]]  # bytes per module per candidate
+    budget_bytes: int
+    weights: int  # Σ out × in of the modules
+
+
+def allocation_problem(skel, ckpt, rec, plan) -> Problem:
+    """Modules, candidates, exact byte costs and the byte budget; errors when the target is out of reach."""
+    budget: BudgetConfig = rec.budget
+    if not budget.has_target:
+        raise TensorpressError(
+            f"recipe '{rec.name or rec.source}' needs a budget: give --target-bpw or --target-size "
+            "(or budget.bits_per_weight / budget.size in the recipe)"
+        )
+    step = quantizer_step(rec)
+    head = skel.lm_head_name()
+    names = list(plan[step.index])
+    if head in names:
+        raise TensorpressError(f"recipe '{rec.source}': budget: the output head cannot be allocated; ignore {head}")
+    candidates = candidate_schemes(step, budget)
+    shapes = module_shapes(skel, names)
+    costs = [[packed_bytes(*shapes[n], c, scale_bytes_of(ckpt, skel, n)) for c in candidates] for n in names]
+    meta_bytes = 2 * len(json.dumps(rec.to_dict())) + 512  # the shard metadata: the recipe as an escaped string
+    B = byte_budget(budget, ckpt, skel, names, shapes, candidates, costs, meta_bytes)
+    return Problem(step, names, candidates, costs, B, sum(o * i for o, i in shapes.values()))
+
+
+def allocate(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=None) -> Allocation:
+    """Measure on calibration windows, then choose one candidate per module under the byte budget."""
+    budget: BudgetConfig = rec.budget
+    names, costs = problem.names, problem.costs
+    cache = measurement_cache(ckpt, rec, problem)
+    cached = json.loads(cache.read_text()) if cache.exists() else None
+    if cached and cached.get("names") == names:
+        loss, tokens, seconds = cached["loss"], cached["tokens"], {"measure": 0.0, "sensitivity": 0.0}
+    else:
+        loss, tokens, seconds = measure(problem, skel, ckpt, rec, tokenizer, device, progress)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps({"names": names, "loss": loss, "tokens": tokens}))
+    t = time.perf_counter()
+    picks = knapsack.choose(costs, loss, problem.budget_bytes)
+    seconds["allocate"] = time.perf_counter() - t
+    return _result(problem, budget, picks, loss, tokens, seconds, cached is not None)
+
+
+def measurement_cache(ckpt, rec, problem: Problem) -> Path:
+    """Where the predicted-loss table of this model, calibration and candidate set is kept: the target does
+    not change it, so a rerun with another budget skips straight to the knapsack."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in ckpt.files]
+    budget = {k: v for k, v in asdict(rec.budget).items() if k not in ("bits_per_weight", "size")}
+    key = json.dumps(
+        [
+            __version__,
+            str(ckpt.folder.resolve()),
+            stats,
+            asdict(rec.calibration),
+            budget,
+            problem.step.to_dict(),
+            [[s.bits, s.group_size, s.symmetric] for s in problem.candidates],
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    return cache_dir() / "auto" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=None):
+    """(loss[module][candidate] predicted ΔKL, sensitivity tokens, seconds per phase)."""
+    budget: BudgetConfig = rec.budget
+    names, candidates = problem.names, problem.candidates
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    c = rec.calibration
+    windows = calibration_windows(c.text, tokenizer, budget.samples, c.seqlen, c.seed)
+    inputs, kwargs_list = capture_inputs(skel, ckpt, windows, c.batch_size, device)
+    errors: dict[str, list[torch.Tensor]] = {}
+
+    def on_layer(i: int, layer, stats: dict[str, Hessian]) -> None:
+        prefix = skel.layer_prefix(i)
+        by_h: dict[int, dict[str, torch.Tensor]] = {}
+        for n, h in stats.items():
+            by_h.setdefault(id(h), {})[n] = get_weight(layer.get_submodule(n[len(prefix) :])).detach().float()
+        for group in by_h.values():
+            h = stats[next(iter(group))]
+            errors.update(candidate_errors(group, h, candidates, budget.estimator, problem.step.config))
+
+    keep = math.ceil(budget.fisher_samples / c.batch_size)
+    kept = forward_hessians(skel, ckpt.tensor, inputs, kwargs_list, names, on_layer, keep, device, progress)
+    seconds["measure"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fisher, tokens = output_fisher(
+        skel, ckpt.tensor, kept, kwargs_list, names, head_source(skel), c.seed, device, progress
+    )
+    del kept, inputs
+    seconds["sensitivity"] = time.perf_counter() - t
+
+    loss = [[0.5 * float((fisher[n] * e).sum()) for e in errors[n]] for n in names]  # predicted ΔKL
+    return loss, tokens, seconds
+
+
+def _result(problem: Problem, budget: BudgetConfig, picks, loss, tokens, seconds, cached: bool) -> Allocation:
+    names, candidates, costs = problem.names, problem.candidates, problem.costs
+    used = sum(costs[i][k] for i, k in enumerate(picks))
+    info = {
+        "target": {"bits_per_weight": budget.bits_per_weight, "size": budget.size},
+        "budget_bytes": problem.budget_bytes,
+        "bytes": used,
+        "bits_per_weight": 8 * used / problem.weights,
+        "budget_bits_per_weight": 8 * problem.budget_bytes / problem.weights,
+        "predicted_kl": sum(loss[i][k] for i, k in enumerate(picks)),
+        "estimator": budget.estimator,
+        "sensitivity_tokens": tokens,
+        "cached": cached,  # the measurement came from an earlier run with the same model, calibration, candidates
+        "candidates": [{"bits": s.bits, "group_size": s.group_size} for s in candidates],
+        "modules": {
+            n: {
+                "bits": candidates[k].bits,
+                "group_size": candidates[k].group_size,
+                "bytes": costs[i][k],
+                "predicted_kl": loss[i][k],
+            }
+            for i, (n, k) in enumerate(zip(names, picks, strict=True))
+        },
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+    return Allocation({n: candidates[k] for n, k in zip(names, picks, strict=True)}, info)
+
+
+def head_source(skel) -> str:
+    """The checkpoint tensor holding the output head's weight (the input embedding's when tied)."""
+    key = f"{skel.lm_head_name()}.weight"
+    if key in skel.name_map:
+        return skel.name_map[key]
+    emb = skel.model.get_input_embeddings()
+    for name, mod in skel.model.named_modules():
+        if mod is emb:
+            return skel.name_map[f"{name}.weight"]
+    raise TensorpressError(f"cannot find the tensor {key} is tied to")
