@@ -19,37 +19,21 @@ def tiny_config(arch: str):
     from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
 
     common = dict(vocab_size=320, tie_word_embeddings=arch in ("gpt2", "opt", "qwen2"))
+    decoder = dict(
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **common,
+    )
     if arch == "llama":
-        return LlamaConfig(
-            hidden_size=96,
-            intermediate_size=160,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
+        return LlamaConfig(**decoder)
     if arch == "mistral":
-        return MistralConfig(
-            hidden_size=96,
-            intermediate_size=160,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            sliding_window=64,
-            **common,
-        )
+        return MistralConfig(**decoder, sliding_window=64)
     if arch == "qwen2":
-        return Qwen2Config(
-            hidden_size=96,
-            intermediate_size=160,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
+        return Qwen2Config(**decoder)
     if arch == "opt":
         return OPTConfig(
             hidden_size=96,

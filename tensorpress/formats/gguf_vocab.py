@@ -241,6 +241,26 @@ def _common_tokenizer_kv(
     return kv
 
 
+def _vocab_kv(
+    tokenizer_dir: Path,
+    hf_config: Mapping[str, Any],
+    tokenizer_config: Mapping[str, Any],
+    model: str,
+    pre: str,
+    tokens: list[str],
+    types: list[int],
+    **lists: list[Any],
+) -> dict[str, Any]:
+    """The tokenizer KV every builder writes: model, pre-tokenizer, tokens and types (plus ``scores`` /
+    ``merges`` when given), then special ids, add-bos/eos flags and the chat template."""
+    kv: dict[str, Any] = {_T.MODEL: model, _T.PRE: pre, _T.LIST: tokens, _T.TOKEN_TYPE: types}
+    keys = {"scores": _T.SCORES, "merges": _T.MERGES}
+    kv.update({keys[k]: v for k, v in lists.items()})
+    token_to_id = {t: i for i, t in enumerate(tokens)}
+    kv.update(_common_tokenizer_kv(tokenizer_dir, hf_config, tokenizer_config, token_to_id))
+    return kv
+
+
 def _merges_as_strings(merges: list[Any]) -> list[str]:
     """tokenizer.json merges are ``"a b"`` strings or (since transformers 4.45) ``["a", "b"]`` pairs.
 
@@ -294,16 +314,8 @@ def _bpe_tokenizer_kv(
         else:
             types.append(int(gguf.TokenType.UNUSED))
     merges = _merges_as_strings(list((tok_json.get("model") or {}).get("merges") or []))
-    kv: dict[str, Any] = {
-        _T.MODEL: "gpt2",
-        _T.PRE: pre or _choose_pre(tok_json, hf_config, tokenizer_config, size, name_hint),
-        _T.LIST: tokens,
-        _T.TOKEN_TYPE: types,
-        _T.MERGES: merges,
-    }
-    token_to_id = {t: i for i, t in enumerate(tokens)}
-    kv.update(_common_tokenizer_kv(tokenizer_dir, hf_config, tokenizer_config, token_to_id))
-    return kv
+    pre = pre or _choose_pre(tok_json, hf_config, tokenizer_config, size, name_hint)
+    return _vocab_kv(tokenizer_dir, hf_config, tokenizer_config, "gpt2", pre, tokens, types, merges=merges)
 
 
 def _spm_json_tokenizer_kv(
@@ -344,21 +356,14 @@ def _spm_json_tokenizer_kv(
             score = -float(rank_of[t]) if t in rank_of else 0.0
         types.append(int(kind))
         scores.append(score)
-    kv: dict[str, Any] = {
-        _T.MODEL: "llama",
-        _T.PRE: "default",
-        _T.LIST: tokens,
-        _T.SCORES: scores,
-        _T.TOKEN_TYPE: types,
-        # llama.cpp's SPM tokenizer ignores merges; transformers' GGUF loader uses them when present.
-        _T.MERGES: merges,
-    }
+    # llama.cpp's SPM tokenizer ignores merges; transformers' GGUF loader uses them when present.
+    kv = _vocab_kv(
+        tokenizer_dir, hf_config, tokenizer_config, "llama", "default", tokens, types, scores=scores, merges=merges
+    )
     # llama.cpp's SPM tokenizer prepends "▁" unless told otherwise; mirror a Metaspace that never prepends
     metaspace = [p for p in _components(tok_json.get("pre_tokenizer")) if p.get("type") == "Metaspace"]
     if metaspace:
         kv[_T.ADD_PREFIX] = metaspace[0].get("prepend_scheme", "always") != "never"
-    token_to_id = {t: i for i, t in enumerate(tokens)}
-    kv.update(_common_tokenizer_kv(tokenizer_dir, hf_config, tokenizer_config, token_to_id))
     return kv
 
 
@@ -388,16 +393,7 @@ def _sentencepiece_model_kv(
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(int(gguf.TokenType.UNUSED))
-    kv: dict[str, Any] = {
-        _T.MODEL: "llama",
-        _T.PRE: "default",
-        _T.LIST: tokens,
-        _T.SCORES: scores,
-        _T.TOKEN_TYPE: types,
-    }
-    token_to_id = {t: i for i, t in enumerate(tokens)}
-    kv.update(_common_tokenizer_kv(tokenizer_dir, hf_config, tokenizer_config, token_to_id))
-    return kv
+    return _vocab_kv(tokenizer_dir, hf_config, tokenizer_config, "llama", "default", tokens, types, scores=scores)
 
 
 def tokenizer_kv_from_dir(

@@ -23,21 +23,23 @@ def compile_pattern(pattern: str, where: str) -> regex.Pattern:
         raise TensorpressError(f"{where}: bad regex {pattern!r} ({e})") from e
 
 
-def fullmatch(pattern: str, text: str, where: str) -> bool:
-    """Whether `pattern` matches all of `text`; too slow a match is an error naming the pattern."""
+def _search(pattern: str, text: str, where: str, whole: bool) -> bool:
+    """One bounded match; too slow a match is an error naming the pattern."""
+    compiled = compile_pattern(pattern, where)
     try:
-        return compile_pattern(pattern, where).fullmatch(text, timeout=TIMEOUT_S) is not None
+        found = (compiled.fullmatch if whole else compiled.match)(text, timeout=TIMEOUT_S)
     except TimeoutError as e:
         raise TensorpressError(
             f"{where}: regex {pattern!r} takes too long on '{text}' (catastrophic backtracking); simplify it"
         ) from e
+    return found is not None
+
+
+def fullmatch(pattern: str, text: str, where: str) -> bool:
+    """Whether `pattern` matches all of `text`."""
+    return _search(pattern, text, where, whole=True)
 
 
 def prefix_match(pattern: str, text: str, where: str) -> bool:
     """Whether `pattern` matches at the start of `text` (compressed-tensors' `re:` target semantics)."""
-    try:
-        return compile_pattern(pattern, where).match(text, timeout=TIMEOUT_S) is not None
-    except TimeoutError as e:
-        raise TensorpressError(
-            f"{where}: regex {pattern!r} takes too long on '{text}' (catastrophic backtracking); simplify it"
-        ) from e
+    return _search(pattern, text, where, whole=False)

@@ -39,10 +39,11 @@ def export_gguf(
     types: dict[str, str] = {}
     with SafetensorsReader(files) as reader:
         names = reader.names()
+        shapes = {n: reader.kind(n)[1] for n in names}  # from the headers: nothing read twice
         outer = {
-            n[: -len(".weight")]: reader.get(n).shape[1]
+            n[: -len(".weight")]: shapes[n][1]
             for n in names
-            if n.endswith(".weight") and _is_outer_matrix(n, reader.get(n))
+            if n.endswith(".weight") and _is_outer_matrix(n, shapes[n])
         }
         outer_types = mix_types(cfg.type, outer, hf_config, cfg.embeddings, cfg.pure)
 
@@ -63,9 +64,9 @@ def export_gguf(
     return types
 
 
-def _is_outer_matrix(name: str, t: torch.Tensor) -> bool:
+def _is_outer_matrix(name: str, shape: tuple[int, ...]) -> bool:
     """The token embedding or an untied output head (2-D weights outside the decoder layers)."""
-    return t.ndim == 2 and ".layers." not in name and not name.endswith(STAGED_SUFFIX)
+    return len(shape) == 2 and ".layers." not in name and not name.endswith(STAGED_SUFFIX)
 
 
 def _gguf_tensor(
