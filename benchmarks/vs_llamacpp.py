@@ -103,6 +103,14 @@ def write_bf16_gguf(model: Path, dest: Path) -> None:
 def perplexity(
     bins: Path, model: Path, text: Path, base_kld: Path, log: Path, chunks: int, make_base: bool = False
 ) -> dict:
+    """llama-perplexity's ppl (and KL against base_kld); results are kept in the work folder, keyed by the
+    file's size and mtime, the text and the chunk count, so a re-run only measures what changed."""
+    cache = base_kld.parent / "perplexity-results.json"
+    st = model.stat()
+    key = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{text}|{chunks}|{make_base}"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in known and (not make_base or base_kld.is_file()):
+        return known[key]
     cmd = [str(bins / "llama-perplexity"), "-m", str(model), "-f", str(text), "-c", str(CTX)]
     cmd += ["--chunks", str(chunks), "-t", str(os.cpu_count() or 2), "-b", str(CTX)]
     cmd += ["--kl-divergence-base", str(base_kld)] + ([] if make_base else ["--kl-divergence"])
@@ -116,6 +124,8 @@ def perplexity(
         res["kld"], res["kld_err"] = float(m.group(1)), float(m.group(2))
     if not make_base and "kld" not in res:
         sys.exit(f"llama-perplexity printed no KL divergence for {model}; see {log}")
+    known[key] = res
+    cache.write_text(json.dumps(known, indent=1))
     return res
 
 
@@ -140,6 +150,9 @@ def main() -> None:
     ap.add_argument("--eval-chunks", type=int, default=48, help="eval windows of 512")
     ap.add_argument("--no-ours-eval", action="store_true", help="skip tensorpress's own evaluator (slow on 2 cores)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--peers", choices=["both", "imatrix"], default="both", help="llama-quantize without+with imatrix, or with only"
+    )
     args = ap.parse_args()
 
     from tensorpress.model.sample import ensure_sample
@@ -173,6 +186,8 @@ def main() -> None:
             "llama-quantize": work / f"peer-{typ}.gguf",
             "llama-quantize+imatrix": work / f"peer-{typ}-imat.gguf",
         }
+        if args.peers == "imatrix":
+            del files["llama-quantize"]
         for tool, f in files.items():
             if not f.is_file():
                 extra = ["--imatrix", str(imatrix)] if "imatrix" in tool else []
@@ -185,10 +200,20 @@ def main() -> None:
             raw = yaml.safe_load(find_recipe(f"gguf-{typ.lower()}").read_text())
             raw["calibration"]["samples"] = args.calib_chunks
             recipe.write_text(yaml.safe_dump(raw))
-            sh([*cmd, "--recipe", str(recipe), "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
+            t0 = time.perf_counter()
+            log = sh([*cmd, "--recipe", str(recipe), "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
+            total = time.perf_counter() - t0
+            m = re.search(r"gguf export: done in ([0-9.]+)s", log)
+            export = float(m.group(1)) if m else float("nan")
+            (ours_dir.parent / f"ours-{typ}.time.json").write_text(json.dumps({"total": total, "export": export}))
         files["tensorpress"] = ours_dir / "model.gguf"
+        timing = ours_dir.parent / f"ours-{typ}.time.json"
+        times = json.loads(timing.read_text()) if timing.is_file() else {}
         for tool, f in files.items():
             row = {"type": typ, "tool": tool, "bytes": f.stat().st_size}
+            if tool == "tensorpress" and times:
+                # the export's share: its seconds over those of the same run without it
+                row["compress_s"], row["export_s"] = times["total"], times["export"]
             for key, path in texts.items():
                 log = work / "logs" / f"ppl-{typ}-{tool}-{key}.log"
                 r = perplexity(bins, f, path, base_kld[key], log, args.eval_chunks)
@@ -213,6 +238,10 @@ def main() -> None:
         )
         vals = " | ".join(f"{r[f'{k}:ppl']:.3f} | {r[f'{k}:kld']:.4f}" for k in keys)
         print(f"| {r['type']} | {r['tool']} | {r['bytes'] / 2**20:.2f} | {vals} | {ratio} |")
+    for r in rows:
+        if "export_s" in r:
+            share = r["export_s"] / (r["compress_s"] - r["export_s"])
+            print(f"{r['type']}: export {r['export_s']:.1f}s of {r['compress_s']:.0f}s compress = +{100 * share:.1f}%")
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def _compress_into(
                 skel, ckpt, rec, plan, tmp, inputs, kwargs_list, device, progress, notes, schemes
             )
         if rec.gguf is not None:
-            with meter.stage("gguf"):
+            with stage(meter, progress, "gguf export"):
                 layer_stats["gguf_tensors"] = export_gguf(
                     tmp, _plain_config(ckpt), ckpt.folder, rec.gguf, layer_stats["schemes"]
                 )
