@@ -216,3 +216,44 @@ def test_preset_mixes_follow_llama_quantize():
     q2 = mix_types("Q2_K", mods, cfg)
     assert q2["model.layers.4.mlp.down_proj"] == "Q3_K" and q2["model.layers.4.self_attn.v_proj"] == "Q4_0"
     assert preset_type("Q2_K", TensorSlot("attn_q", 3, 2048), 30, 3, True) == "Q2_K"
+
+
+def test_auto_precision_allocates_gguf_types(models, text_file, tmp_path, monkeypatch):
+    """A budget with GGUF output: the knapsack picks a GGUF type per tensor, the file holds those types, the
+    bits per weight of the allocated tensors stay under the target, and transformers reads the mixed file."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr("tensorpress.pipeline.auto.cache_dir", lambda: tmp_path / "cache")
+    recipe = {
+        "calibration": _calib(text_file),
+        "gguf": {"type": "Q4_K_M"},
+        "budget": {"bits_per_weight": 4.0, "samples": 4, "fisher_samples": 4},
+        "steps": [{"gptq": {}, "ignore": ["lm_head"]}],
+    }
+    out = tmp_path / "o"
+    tensorpress.compress(models["llama256"], recipe, out)
+    cfg = json.loads((out / "config.json").read_text())["tensorpress"]
+    auto, stored = cfg["auto"], cfg["gguf"]["tensors"]
+    chosen = {n: m["type"] for n, m in auto["modules"].items()}
+    assert len(chosen) == 14 and len(set(chosen.values())) > 1  # really mixed
+    assert all(stored[n + ".weight"] == t for n, t in chosen.items())
+    assert 0.9 * 4.0 <= auto["bits_per_weight"] <= 4.0
+    nbytes = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
+    assert sum(nbytes[_gguf_name(n)] for n in chosen) == auto["bytes"]
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    theirs = AutoModelForCausalLM.from_pretrained(str(out), gguf_file="model.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(tensorpress.load(out)(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5)
+
+
+def test_auto_precision_gguf_recipe_errors(models, text_file, tmp_path):
+    base = {"calibration": _calib(text_file), "steps": [{"gptq": {}, "ignore": ["lm_head"]}]}
+    with pytest.raises(TensorpressError, match=r"budget\.size: with GGUF output give bits_per_weight"):
+        tensorpress.compress(models["llama256"], {**base, "gguf": {}, "budget": {"size": "1MB"}}, tmp_path / "a")
+    with pytest.raises(TensorpressError, match=r"--target-size 1MB: with GGUF output give --target-bpw"):
+        tensorpress.compress(models["llama256"], {**base, "gguf": {}}, tmp_path / "t", target_size="1MB")
+    with pytest.raises(TensorpressError, match=r"budget\.types: GGUF types are candidates only with GGUF output"):
+        tensorpress.compress(models["llama256"], {**base, "budget": {"types": ["Q4_K"]}}, tmp_path / "b")
+    with pytest.raises(TensorpressError, match=r"budget\.types: unknown GGUF type 'Q9_K'"):
+        recipe = {**base, "gguf": {}, "budget": {"types": ["Q9_K"], "bits_per_weight": 4}}
+        tensorpress.compress(models["llama256"], recipe, tmp_path / "c")

@@ -27,16 +27,19 @@ from tensorpress.calibration.forward import capture_inputs
 from tensorpress.calibration.sensitivity import forward_hessians, module_shapes, output_fisher
 from tensorpress.calibration.stats import Hessian
 from tensorpress.calibration.windows import calibration_windows
+from tensorpress.compressors.ggml_fit import quantize_rtn
 from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import packed_bytes
 from tensorpress.formats.dtypes import DTYPES
+from tensorpress.formats.ggml_types import ggml_type
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.infra.atomic import write_text_atomic
 from tensorpress.infra.cache import cache_dir
 from tensorpress.model.architecture import get_weight
 from tensorpress.pipeline import knapsack
-from tensorpress.pipeline.budget import BudgetConfig, parse_size
+from tensorpress.pipeline.budget import GGUF_CANDIDATES, BudgetConfig, parse_size
+from tensorpress.pipeline.gguf_mix import with_fallback
 from tensorpress.version import __version__
 
 
@@ -69,6 +72,30 @@ def candidate_schemes(step, budget: BudgetConfig) -> list[QuantScheme]:
     ]
 
 
+def gguf_candidates(budget: BudgetConfig) -> list[QuantScheme]:
+    """GGUF output: one candidate per type, cheapest first (as bits per weight on a 256-multiple row)."""
+    types = sorted(set(budget.types or GGUF_CANDIDATES), key=lambda t: ggml_type(t).bits_per_weight)
+    return [ggml_type(t).scheme() for t in types]
+
+
+def for_width(c: QuantScheme, in_f: int) -> QuantScheme:
+    """A candidate as a module of `in_f` columns stores it: GGUF types take llama-quantize's fallback."""
+    return c if c.ggml is None else ggml_type(with_fallback(c.ggml, in_f)).scheme()
+
+
+def label(c: QuantScheme) -> str:
+    """How messages and reports name a candidate."""
+    return c.ggml if c.ggml is not None else f"{c.bits} bits"
+
+
+def stored_bytes(out_f: int, in_f: int, c: QuantScheme, scale_bytes: int) -> int:
+    """Bytes of one module under candidate c: GGUF blocks, or compressed-tensors' packed tensors."""
+    if c.ggml is not None:
+        t = ggml_type(c.ggml)
+        return out_f * (in_f // t.block) * t.type_size
+    return packed_bytes(out_f, in_f, c, scale_bytes)
+
+
 def scale_bytes_of(ckpt, skel, name: str) -> int:
     """Bytes per stored scale: scales are kept in the checkpoint's weight dtype (bf16: 2)."""
     info = ckpt.reader.infos.get(skel.name_map.get(name + ".weight", ""))
@@ -85,12 +112,12 @@ def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, candidates, cos
         if t < lo_bpw:
             raise TensorpressError(
                 f"--target-bpw {t:g}: below the smallest candidate ({lo_bpw:.4g} bits/weight, every module at "
-                f"{min(c.bits for c in candidates)} bits)"
+                f"{label(candidates[0])})"
             )
         if t > hi_bpw + 1e-9:
             raise TensorpressError(
                 f"--target-bpw {t:g}: above the largest candidate ({hi_bpw:.4g} bits/weight, every module at "
-                f"{max(c.bits for c in candidates)} bits)"
+                f"{label(candidates[-1])})"
             )
         return min(math.floor(t * weights / 8), hi)
     total = parse_size(budget.size)
@@ -99,12 +126,12 @@ def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, candidates, cos
     if room < lo:
         raise TensorpressError(
             f"--target-size {budget.size}: below the smallest candidate ({lo + fixed:,} bytes with every module at "
-            f"{min(c.bits for c in candidates)} bits)"
+            f"{label(candidates[0])})"
         )
     if room > hi:
         raise TensorpressError(
             f"--target-size {budget.size}: above the largest candidate ({hi + fixed:,} bytes with every module at "
-            f"{max(c.bits for c in candidates)} bits)"
+            f"{label(candidates[-1])})"
         )
     return room
 
@@ -146,6 +173,8 @@ def candidate_errors(
                 getattr(step_cfg, "mse_clip", False),
             )
             D = W - res.dense
+        elif sch.ggml is not None:  # the type's grid, fitted weighted by diag H as the layer loop fits it
+            D = W - quantize_rtn(ggml_type(sch.ggml), W, torch.diag(h.H)).dequantize()
         else:
             D = W - rtn_quantize(W, sch, torch.float32).dequantize()
         e = ((D @ H_mean) * D).sum(1)  # (Σ out,)
@@ -163,7 +192,8 @@ class Problem:
 
     step: object  # the quantizer step whose scheme varies
     names: list[str]  # the modules it quantizes
-    candidates: list[QuantScheme]
+    candidates: list[QuantScheme]  # as named in budget and reports
+    module_candidates: list[list[QuantScheme]]  # per module: the candidates as it stores them (GGUF fallbacks)
     costs: list[list[int]]  # bytes per module per candidate
     budget_bytes: int
     weights: int  # Σ out × in of the modules
@@ -177,17 +207,28 @@ def allocation_problem(skel, ckpt, rec, plan) -> Problem:
             f"recipe '{rec.name or rec.source}' needs a budget: give --target-bpw or --target-size "
             "(or budget.bits_per_weight / budget.size in the recipe)"
         )
+    if rec.gguf is not None and budget.size is not None:
+        raise TensorpressError(
+            f"--target-size {budget.size}: with GGUF output give --target-bpw (GGUF types are allocated per tensor)"
+        )
     step = quantizer_step(rec)
     head = skel.lm_head_name()
     names = list(plan[step.index])
     if head in names:
         raise TensorpressError(f"recipe '{rec.source}': budget: the output head cannot be allocated; ignore {head}")
-    candidates = candidate_schemes(step, budget)
+    candidates = gguf_candidates(budget) if rec.gguf is not None else candidate_schemes(step, budget)
     shapes = module_shapes(skel, names)
-    costs = [[packed_bytes(*shapes[n], c, scale_bytes_of(ckpt, skel, n)) for c in candidates] for n in names]
+    try:
+        per_module = [[for_width(c, shapes[n][1]) for c in candidates] for n in names]
+    except ValueError as e:
+        raise TensorpressError(f"recipe '{rec.source}': budget.types: {e}") from e
+    costs = [
+        [stored_bytes(*shapes[n], c, scale_bytes_of(ckpt, skel, n)) for c in cands]
+        for n, cands in zip(names, per_module, strict=True)
+    ]
     meta_bytes = 2 * len(json.dumps(rec.to_dict())) + 512  # the shard metadata: the recipe as an escaped string
     B = byte_budget(budget, ckpt, skel, names, shapes, candidates, costs, meta_bytes)
-    return Problem(step, names, candidates, costs, B, sum(o * i for o, i in shapes.values()))
+    return Problem(step, names, candidates, per_module, costs, B, sum(o * i for o, i in shapes.values()))
 
 
 def allocate(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=None) -> Allocation:
@@ -221,7 +262,7 @@ def measurement_cache(ckpt, rec, problem: Problem) -> Path:
             asdict(rec.calibration),
             budget,
             problem.step.to_dict(),
-            [[s.bits, s.group_size, s.symmetric] for s in problem.candidates],
+            [[s.bits, s.group_size, s.symmetric, s.ggml] for s in problem.candidates],
         ],
         sort_keys=True,
         default=str,
@@ -232,7 +273,7 @@ def measurement_cache(ckpt, rec, problem: Problem) -> Path:
 def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=None):
     """(loss[module][candidate] predicted ΔKL, sensitivity tokens, seconds per phase)."""
     budget: BudgetConfig = rec.budget
-    names, candidates = problem.names, problem.candidates
+    names = problem.names
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     c = rec.calibration
@@ -246,8 +287,9 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
         for n, h in stats.items():
             by_h.setdefault(id(h), {})[n] = get_weight(layer.get_submodule(n[len(prefix) :])).detach().float()
         for group in by_h.values():
-            h = stats[next(iter(group))]
-            errors.update(candidate_errors(group, h, candidates, budget.estimator, problem.step.config))
+            first = next(iter(group))  # modules sharing H share their width, so their candidates
+            cands = problem.module_candidates[names.index(first)]
+            errors.update(candidate_errors(group, stats[first], cands, budget.estimator, problem.step.config))
 
     keep = math.ceil(budget.fisher_samples / c.batch_size)
     kept = forward_hessians(skel, ckpt.tensor, inputs, kwargs_list, names, on_layer, keep, device, progress)
@@ -265,7 +307,7 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
 
 
 def _result(problem: Problem, budget: BudgetConfig, picks, loss, tokens, seconds, cached: bool) -> Allocation:
-    names, candidates, costs = problem.names, problem.candidates, problem.costs
+    names, costs, per_module = problem.names, problem.costs, problem.module_candidates
     used = sum(costs[i][k] for i, k in enumerate(picks))
     info = {
         "target": {"bits_per_weight": budget.bits_per_weight, "size": budget.size},
@@ -277,19 +319,21 @@ def _result(problem: Problem, budget: BudgetConfig, picks, loss, tokens, seconds
         "estimator": budget.estimator,
         "sensitivity_tokens": tokens,
         "cached": cached,  # the measurement came from an earlier run with the same model, calibration, candidates
-        "candidates": [{"bits": s.bits, "group_size": s.group_size} for s in candidates],
+        "candidates": [_describe(s) for s in problem.candidates],
         "modules": {
-            n: {
-                "bits": candidates[k].bits,
-                "group_size": candidates[k].group_size,
-                "bytes": costs[i][k],
-                "predicted_kl": loss[i][k],
-            }
+            n: {**_describe(per_module[i][k]), "bytes": costs[i][k], "predicted_kl": loss[i][k]}
             for i, (n, k) in enumerate(zip(names, picks, strict=True))
         },
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    return Allocation({n: candidates[k] for n, k in zip(names, picks, strict=True)}, info)
+    return Allocation({n: per_module[i][k] for i, (n, k) in enumerate(zip(names, picks, strict=True))}, info)
+
+
+def _describe(s: QuantScheme) -> dict:
+    """A scheme in reports: bits and group size; a GGUF type by name, its bits being bits per weight."""
+    if s.ggml is None:
+        return {"bits": s.bits, "group_size": s.group_size}
+    return {"bits": ggml_type(s.ggml).bits_per_weight, "type": s.ggml}
 
 
 def head_source(skel) -> str:

@@ -5,6 +5,7 @@ budget:
   bits_per_weight: 3.5       # or size: 90MB — exactly one target (CLI: --target-bpw / --target-size)
   bits: [2, 3, 4, 5, 6, 8]   # candidate bit widths of the quantizer step
   group_sizes: [64]          # candidate group sizes (empty: the quantizer step's own)
+  types: [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0]   # with GGUF output: candidate GGUF types (this default)
 ```
 Every other setting of a candidate is the quantizer step's own. Bits per weight count what the quantized
 Linears store (codes, scales, zero points) over their dense out × in weights, as `bits_per_weight` in
@@ -19,6 +20,11 @@ from typing import Literal
 
 from tensorpress.compressors.base import ConfigError
 from tensorpress.errors import TensorpressError
+from tensorpress.formats.ggml_types import TYPES
+
+# GGUF output's default candidates: llama.cpp's K-quants from 2 to 6 bits and Q8_0 (rows not a multiple of
+# 256 wide take each K-type's llama-quantize fallback)
+GGUF_CANDIDATES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -50,6 +56,7 @@ class BudgetConfig:
     samples: int = 32  # calibration windows whose Hessians give the candidates' errors
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
     estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: RTN on H, or GPTQ's own sweep on H
+    types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
 
     def validate(self) -> None:
         if self.bits_per_weight is not None and self.size is not None:
@@ -65,6 +72,10 @@ class BudgetConfig:
             raise ConfigError("bits", f"must be a non-empty list of integers 2–8, got {self.bits}")
         if any(not isinstance(g, int) or isinstance(g, bool) or (g < 1 and g != -1) for g in self.group_sizes):
             raise ConfigError("group_sizes", f"must be positive integers or -1, got {self.group_sizes}")
+        self.types = [str(t).upper() for t in self.types]
+        unknown = [t for t in self.types if t not in TYPES]
+        if unknown:
+            raise ConfigError("types", f"unknown GGUF type {unknown[0]!r} (known: {', '.join(TYPES)})")
         for key in ("samples", "fisher_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")

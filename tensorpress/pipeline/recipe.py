@@ -214,8 +214,10 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
             raise fail(f"gguf.{e.key}", str(e)) from e
         _check_gguf_steps(raw_steps, steps, fail)
     name, description = str(raw.get("name") or ""), str(raw.get("description") or "")
-    if gguf is not None and budget is not None:
-        raise fail("budget", "automatic mixed precision does not choose GGUF types yet; use one of budget or gguf")
+    if gguf is not None and budget is not None and budget.size is not None:
+        raise fail("budget.size", "with GGUF output give bits_per_weight (--target-bpw): GGUF types are allocated")
+    if gguf is None and budget is not None and budget.types:
+        raise fail("budget.types", "GGUF types are candidates only with GGUF output (a gguf: section)")
     recipe = Recipe(source, calibration, steps, name, description, budget, gguf)
     check_composition(recipe)
     return recipe

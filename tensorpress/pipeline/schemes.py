@@ -29,11 +29,12 @@ def module_schemes(
 
     `allocation`: the bits automatic mixed precision chose under the recipe's budget (pipeline/auto.py,
     which measures on calibration data first); a GGUF recipe: each module's type in the mix."""
+    if rec.gguf is not None:
+        resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name
     if allocation is not None:
-        return dict(allocation.schemes)
+        return dict(allocation.schemes)  # with GGUF output: each module's chosen type
     if rec.gguf is None:
         return {}
-    resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name
     widths = {n: get_weight(skel.module(n)).shape[1] for n in quantized_names(rec, plan)}
     types = mix_types(rec.gguf.type, widths, skel.model.config.to_dict(), rec.gguf.embeddings, rec.gguf.pure)
     return {n: ggml_type(t).scheme() for n, t in types.items()}
