@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -137,6 +138,29 @@ def our_eval(path: Path, base: Path, text: str, windows: int) -> dict:
     return {"ppl": m["ppl"], "kl": m["kl"], "top1": m["top1_agreement"]}
 
 
+def layer_bits_per_weight(path: Path) -> float:
+    """Bits per weight of a GGUF file's decoder-layer matrices (what `--target-bpw` budgets)."""
+    ts = [t for t in gguf.GGUFReader(str(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    return 8 * sum(int(t.n_bytes) for t in ts) / sum(int(t.n_elements) for t in ts)
+
+
+def ours_auto(args, sample, work: Path, typ: str, peer: Path) -> Path:
+    """`gguf-auto` at the layer bits/weight of llama-quantize's `typ` file (embedding/head on typ's types)."""
+    from tensorpress.pipeline.recipe import find_recipe
+
+    out = work / f"ours-auto-{typ}"
+    if not (out / "model.gguf").is_file():
+        bpw = math.floor(layer_bits_per_weight(peer) * 1e4) / 1e4
+        raw = yaml.safe_load(find_recipe("gguf-auto").read_text())
+        raw["calibration"]["samples"] = args.calib_chunks
+        raw["gguf"]["type"] = typ
+        recipe = work / f"gguf-auto-{typ.lower()}.yaml"
+        recipe.write_text(yaml.safe_dump(raw))
+        cmd = [sys.executable, "-m", "tensorpress.cli.main", "compress", str(sample.model), "--recipe", str(recipe)]
+        sh([*cmd, "--out", str(out), "--target-bpw", str(bpw)], work / "logs" / f"ours-auto-{typ}.log")
+    return out / "model.gguf"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="folder for files, logs and results")
@@ -150,6 +174,9 @@ def main() -> None:
     ap.add_argument("--eval-chunks", type=int, default=48, help="eval windows of 512")
     ap.add_argument("--no-ours-eval", action="store_true", help="skip tensorpress's own evaluator (slow on 2 cores)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--auto-of", default="", help="types whose llama-quantize+imatrix layer bits/weight gguf-auto also gets"
+    )
     ap.add_argument(
         "--peers", choices=["both", "imatrix"], default="both", help="llama-quantize without+with imatrix, or with only"
     )
@@ -207,6 +234,8 @@ def main() -> None:
             export = float(m.group(1)) if m else float("nan")
             (ours_dir.parent / f"ours-{typ}.time.json").write_text(json.dumps({"total": total, "export": export}))
         files["tensorpress"] = ours_dir / "model.gguf"
+        if typ in args.auto_of.split(","):
+            files["tensorpress gguf-auto"] = ours_auto(args, sample, work, typ, files["llama-quantize+imatrix"])
         timing = ours_dir.parent / f"ours-{typ}.time.json"
         times = json.loads(timing.read_text()) if timing.is_file() else {}
         for tool, f in files.items():
@@ -219,7 +248,7 @@ def main() -> None:
                 r = perplexity(bins, f, path, base_kld[key], log, args.eval_chunks)
                 row[f"{key}:ppl"], row[f"{key}:kld"] = r["ppl"], r["kld"]
             if not args.no_ours_eval:
-                target = ours_dir if tool == "tensorpress" else f
+                target = f.parent if tool.startswith("tensorpress") else f
                 row["tensorpress_eval"] = our_eval(target, sample.model, "kjv:eval", args.eval_chunks)
             rows.append(row)
         print(f"{typ}: done ({time.time() - t:.0f}s)", flush=True)
@@ -234,7 +263,9 @@ def main() -> None:
     for r in rows:
         peer = next(x for x in rows if x["type"] == r["type"] and x["tool"] == "llama-quantize+imatrix")
         ratio = (
-            " / ".join(f"{r[f'{k}:kld'] / peer[f'{k}:kld']:.3f}" for k in keys) if r["tool"] == "tensorpress" else ""
+            " / ".join(f"{r[f'{k}:kld'] / peer[f'{k}:kld']:.3f}" for k in keys)
+            if r["tool"].startswith("tensorpress")
+            else ""
         )
         vals = " | ".join(f"{r[f'{k}:ppl']:.3f} | {r[f'{k}:kld']:.4f}" for k in keys)
         print(f"| {r['type']} | {r['tool']} | {r['bytes'] / 2**20:.2f} | {vals} | {ratio} |")
