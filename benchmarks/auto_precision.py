@@ -206,6 +206,11 @@ def main() -> None:
     ap.add_argument(
         "--validate", action="store_true", help="only: predicted vs measured KL of single modules (--windows of them)"
     )
+    ap.add_argument(
+        "--keep-measurement",
+        action="store_true",
+        help="reuse a cached auto measurement (the timed from-scratch auto row is kept from an earlier invocation)",
+    )
     args = ap.parse_args()
     if args.validate:
         rows = validate_estimator(args.samples, args.windows)
@@ -233,7 +238,7 @@ def main() -> None:
     todo = methods(args.samples)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
-    if any(k.startswith("auto") for k in todo):  # the first auto run must measure from scratch (it is timed)
+    if any(k.startswith("auto") for k in todo) and not args.keep_measurement:  # the first auto run is timed
         shutil.rmtree(cache_dir() / "auto", ignore_errors=True)
     kept = []
     if args.json.exists():
