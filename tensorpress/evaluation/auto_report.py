@@ -29,7 +29,7 @@ def auto_rows(a: dict) -> list[tuple[str, str]]:
         ("modules per bit width", ", ".join(f"{b} bits: {n}" for b, n in sorted(count.items()))),
         ("predicted KL (sum of per-module estimates)", _num(a.get("predicted_kl"))),
         ("measured KL (evaluation text)", _num(a.get("measured_kl"))),
-        ("estimator", f"{a['estimator']} error on H × output Fisher of {a['sensitivity_tokens']} tokens{measured}"),
+        ("estimator", f"{a['estimator']} error × coherent output Fisher of {a['sensitivity_tokens']} tokens{measured}"),
         ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in a["seconds"].items())),
     ]
 

@@ -1,10 +1,12 @@
 """Automatic mixed precision: measure, then allocate, before the layer loop compresses as usual.
 
     budget (bits/weight or bytes) ──▶ exact byte budget B of the quantized Linears
-    one streamed forward of the base model on `samples` windows: per module and candidate scheme c,
-        ē(c) = diag(ΔW Ĥ ΔWᵀ)  (out,)   — the mean squared output error it causes
-    one streamed backward on `fisher_samples` windows: per module the output Fisher diagonal Ḡ (out,)
-    predicted ΔKL(module, c) = ½ Ḡ · ē(c)
+    one streamed forward of the base model on `samples` windows: each module's Hessian H (diag H fits GGUF
+        grids; with `estimator: gptq`, ē(c) = diag(ΔW Ĥ ΔWᵀ) (out,) of GPTQ's and of rounding's ΔW)
+    one streamed backward on `fisher_samples` windows with labels sampled from the base model: per window w
+        the module's weight gradient G_w (out, in), and per candidate c its rounding error ΔW(c)
+    predicted ΔKL(module, c) = ½ E_w Σ_j (ΔW_j(c) · G_wj)² / tokens   (calibration/sensitivity.py)
+        × Ḡ·ē_gptq(c) / Ḡ·ē_rtn(c) with `estimator: gptq`
     multiple-choice knapsack (pipeline/knapsack.py): one candidate per module, Σ bytes ≤ B, Σ ΔKL minimal
 
 The chosen schemes go to the quantizer (and to AWQ's search) through the per-module scheme map; the
@@ -41,6 +43,8 @@ from tensorpress.pipeline import knapsack
 from tensorpress.pipeline.budget import GGUF_CANDIDATES, BudgetConfig, parse_size
 from tensorpress.pipeline.gguf_mix import with_fallback
 from tensorpress.version import __version__
+
+SENSITIVITY = "coherent-fisher"  # the estimate's method; part of the measurement cache's key
 
 
 @dataclass
@@ -173,10 +177,8 @@ def candidate_errors(
                 getattr(step_cfg, "mse_clip", False),
             )
             D = W - res.dense
-        elif sch.ggml is not None:  # the type's grid, fitted weighted by diag H as the layer loop fits it
-            D = W - quantize_rtn(ggml_type(sch.ggml), W, torch.diag(h.H)).dequantize()
         else:
-            D = W - rtn_quantize(W, sch, torch.float32).dequantize()
+            D = rounding_error(W, sch, torch.diag(h.H))
         e = ((D @ H_mean) * D).sum(1)  # (Σ out,)
         row = 0
         for n in names:
@@ -184,6 +186,14 @@ def candidate_errors(
             out[n].append(e[row : row + k])
             row += k
     return out
+
+
+def rounding_error(W: torch.Tensor, sch: QuantScheme, diag_h: torch.Tensor) -> torch.Tensor:
+    """ΔW (out, in) of rounding W to candidate sch: RTN, or a GGUF type's grid fitted weighted by diag H as
+    the layer loop fits it. Needs no Hessian beyond its diagonal, so the backward pass can redo it."""
+    if sch.ggml is not None:
+        return W - quantize_rtn(ggml_type(sch.ggml), W, diag_h).dequantize()
+    return W - rtn_quantize(W, sch, torch.float32).dequantize()
 
 
 @dataclass
@@ -257,6 +267,7 @@ def measurement_cache(ckpt, rec, problem: Problem) -> Path:
     key = json.dumps(
         [
             __version__,
+            SENSITIVITY,
             str(ckpt.folder.resolve()),
             stats,
             asdict(rec.calibration),
@@ -279,31 +290,52 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     c = rec.calibration
     windows = calibration_windows(c.text, tokenizer, budget.samples, c.seqlen, c.seed)
     inputs, kwargs_list = capture_inputs(skel, ckpt, windows, c.batch_size, device)
-    errors: dict[str, list[torch.Tensor]] = {}
+    errors: dict[str, list[torch.Tensor]] = {}  # ē(c) (out,) per module by a non-rtn estimator
+    rounding: dict[str, list[torch.Tensor]] = {}  # and by plain rounding (the coherent probes)
+    diag_h: dict[str, torch.Tensor] = {}
 
     def on_layer(i: int, layer, stats: dict[str, Hessian]) -> None:
         prefix = skel.layer_prefix(i)
         by_h: dict[int, dict[str, torch.Tensor]] = {}
         for n, h in stats.items():
             by_h.setdefault(id(h), {})[n] = get_weight(layer.get_submodule(n[len(prefix) :])).detach().float()
+            diag_h[n] = torch.diag(h.H).clone()
         for group in by_h.values():
             first = next(iter(group))  # modules sharing H share their width, so their candidates
             cands = problem.module_candidates[names.index(first)]
-            errors.update(candidate_errors(group, stats[first], cands, budget.estimator, problem.step.config))
+            if budget.estimator != "rtn":
+                errors.update(candidate_errors(group, stats[first], cands, budget.estimator, problem.step.config))
+                rounding.update(candidate_errors(group, stats[first], cands, "rtn", problem.step.config))
 
     keep = math.ceil(budget.fisher_samples / c.batch_size)
     kept = forward_hessians(skel, ckpt.tensor, inputs, kwargs_list, names, on_layer, keep, device, progress)
     seconds["measure"] = time.perf_counter() - t
 
+    def probe(n: str, W: torch.Tensor) -> list[torch.Tensor]:
+        return [rounding_error(W, sch, diag_h[n]) for sch in problem.module_candidates[names.index(n)]]
+
     t = time.perf_counter()
-    fisher, tokens = output_fisher(
-        skel, ckpt.tensor, kept, kwargs_list, names, head_source(skel), c.seed, device, progress
+    fisher, tokens, coherent = output_fisher(
+        skel, ckpt.tensor, kept, kwargs_list, names, head_source(skel), c.seed, device, progress, probe
     )
     del kept, inputs
     seconds["sensitivity"] = time.perf_counter() - t
+    return predicted_loss(names, coherent, fisher, errors, rounding), tokens, seconds
 
-    loss = [[0.5 * float((fisher[n] * e).sum()) for e in errors[n]] for n in names]  # predicted ΔKL
-    return loss, tokens, seconds
+
+def predicted_loss(names, coherent, fisher, errors, rounding) -> list[list[float]]:
+    """ΔKL[module][candidate]: the coherent estimate of the candidate's rounding error; with another
+    estimator, scaled by how much less (Fisher-weighted) error that estimator leaves than rounding."""
+    loss = []
+    for n in names:
+        row = []
+        for k, coh in enumerate(coherent[n]):
+            if n in rounding:
+                est, rnd = float((fisher[n] * errors[n][k]).sum()), float((fisher[n] * rounding[n][k]).sum())
+                coh *= est / rnd if rnd > 0 else 1.0
+            row.append(coh)
+        loss.append(row)
+    return loss
 
 
 def _result(problem: Problem, budget: BudgetConfig, picks, loss, tokens, seconds, cached: bool) -> Allocation:
