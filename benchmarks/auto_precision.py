@@ -85,6 +85,21 @@ def methods(samples: int) -> dict[str, tuple[str | dict, float | None]]:
     return out
 
 
+def base_reference(model: Path, tokens, path: Path) -> BaseReference:
+    """The base log-probs on `tokens`, reused from `path` when an earlier invocation computed them on the
+    same tokens (its token ids are kept beside it)."""
+    import numpy as np
+    import torch
+
+    ids = path.with_suffix(".tokens.pt")
+    if path.exists() and ids.exists() and torch.equal(torch.load(ids), tokens):
+        return BaseReference(path, tokens, int(np.load(path, mmap_mode="r").shape[-1]))
+    ids.unlink(missing_ok=True)
+    ref = BaseReference.compute(model, tokens, path)
+    torch.save(tokens, ids)
+    return ref
+
+
 def base_ppl(ref: BaseReference, tokens) -> float:
     nll = sum(token_nll(ref.logp(i, i + 1), tokens[i : i + 1]) for i in range(len(tokens)))
     return math.exp(nll / (tokens.shape[0] * (tokens.shape[1] - 1)))
@@ -233,7 +248,7 @@ def main() -> None:
     tokens = {k: eval_windows(v, tok, args.windows, args.seqlen) for k, v in texts.items()}
     refs, ppl_base = {}, {}
     for k in texts:
-        refs[k] = BaseReference.compute(sample.model, tokens[k], work / f"base-{k.replace(':', '-')}.npy")
+        refs[k] = base_reference(sample.model, tokens[k], work / f"base-{k.replace(':', '-')}.npy")
         ppl_base[k] = base_ppl(refs[k], tokens[k])
     todo = methods(args.samples)
     if args.only:
@@ -346,9 +361,9 @@ def main() -> None:
         print(f"- {'PASS' if ok else 'FAIL'}: {what}")
     chart(rows, args.chart, list(texts))
     print(f"\nchart: {args.chart.resolve()}")
-    for ref in refs.values():
-        ref.close()
-    if not args.work:
+    if not args.work:  # a --work folder keeps the base log-probs for the next invocation
+        for ref in refs.values():
+            ref.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

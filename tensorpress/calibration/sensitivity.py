@@ -89,7 +89,8 @@ def _hessians_of_layer(layer, prefix, names, inputs, kwargs_list, device) -> dic
                 if lead is None:
                     seen.append((x, name))
                     in_f = x.shape[-1]
-                    out[name] = Hessian(torch.zeros(in_f, in_f, device=device))
+                    zeros = torch.zeros(in_f, device=device)  # Σ|x| too: AWQ's statistic
+                    out[name] = Hessian(torch.zeros(in_f, in_f, device=device), abs_sum=zeros)
                 out[owner[name]].members.append(name)
             if owner[name] == name:
                 out[name].add(x.detach())

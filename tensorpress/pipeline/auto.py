@@ -40,11 +40,12 @@ from tensorpress.infra.atomic import write_text_atomic
 from tensorpress.infra.cache import cache_dir
 from tensorpress.model.architecture import get_weight
 from tensorpress.pipeline import knapsack
+from tensorpress.pipeline.auto_awq import awq_step, candidate_columns, column_map
 from tensorpress.pipeline.budget import GGUF_CANDIDATES, BudgetConfig, parse_size
 from tensorpress.pipeline.gguf_mix import with_fallback
 from tensorpress.version import __version__
 
-SENSITIVITY = "coherent-fisher"  # the estimate's method; part of the measurement cache's key
+SENSITIVITY = "coherent-fisher, awq-scaled"  # the estimate's method; part of the measurement cache's key
 
 
 @dataclass
@@ -154,21 +155,28 @@ def fixed_bytes(ckpt, skel, names: list[str], metadata_bytes: int) -> int:
 
 
 def candidate_errors(
-    weights: dict[str, torch.Tensor], h: Hessian, candidates: list[QuantScheme], estimator: str, step_cfg
+    weights: dict[str, torch.Tensor],
+    h: Hessian,
+    candidates: list[QuantScheme],
+    estimator: str,
+    step_cfg,
+    columns: list[torch.Tensor | None],
 ) -> dict[str, list[torch.Tensor]]:
     """ē(c) = diag(ΔW Ĥ ΔWᵀ) (out,) per module and candidate; modules sharing H are stacked (rows are
-    independent given H, so this is exactly the per-module result)."""
+    independent given H, so this is exactly the per-module result). `columns`: per candidate, AWQ's
+    column scales or None."""
     names = list(weights)
     W = torch.cat([weights[n] for n in names])  # (Σ out, in)
     H_mean = h.H / max(h.n, 1)
     out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for sch in candidates:
+    for sch, cols in zip(candidates, columns, strict=True):
         if estimator == "gptq":
             from tensorpress.compressors.gptq_sweep import gptq_quantize
 
+            c = torch.ones(W.shape[1]) if cols is None else cols
             res = gptq_quantize(
-                W,
-                h.H,
+                W * c,
+                h.H / torch.outer(c, c),
                 sch,
                 torch.float32,
                 getattr(step_cfg, "block_size", 128),
@@ -176,9 +184,9 @@ def candidate_errors(
                 getattr(step_cfg, "act_order", False),
                 getattr(step_cfg, "mse_clip", False),
             )
-            D = W - res.dense
+            D = (W * c - res.dense) / c
         else:
-            D = rounding_error(W, sch, torch.diag(h.H))
+            D = rounding_error(W, sch, torch.diag(h.H), cols)
         e = ((D @ H_mean) * D).sum(1)  # (Σ out,)
         row = 0
         for n in names:
@@ -188,12 +196,17 @@ def candidate_errors(
     return out
 
 
-def rounding_error(W: torch.Tensor, sch: QuantScheme, diag_h: torch.Tensor) -> torch.Tensor:
+def rounding_error(
+    W: torch.Tensor, sch: QuantScheme, diag_h: torch.Tensor, cols: torch.Tensor | None = None
+) -> torch.Tensor:
     """ΔW (out, in) of rounding W to candidate sch: RTN, or a GGUF type's grid fitted weighted by diag H as
-    the layer loop fits it. Needs no Hessian beyond its diagonal, so the backward pass can redo it."""
+    the layer loop fits it; with AWQ's column scales `cols` (in,), of rounding W·diag(cols), mapped back
+    (pipeline/auto_awq.py). Needs no Hessian beyond its diagonal, so the backward pass can redo it."""
+    c = torch.ones_like(diag_h) if cols is None else cols
+    Ws = W * c
     if sch.ggml is not None:
-        return W - quantize_rtn(ggml_type(sch.ggml), W, diag_h).dequantize()
-    return W - rtn_quantize(W, sch, torch.float32).dequantize()
+        return (Ws - quantize_rtn(ggml_type(sch.ggml), Ws, diag_h / c.square()).dequantize()) / c
+    return (Ws - rtn_quantize(Ws, sch, torch.float32).dequantize()) / c
 
 
 @dataclass
@@ -273,6 +286,7 @@ def measurement_cache(ckpt, rec, problem: Problem) -> Path:
             asdict(rec.calibration),
             budget,
             problem.step.to_dict(),
+            [s.to_dict() for s in rec.steps if s.name == "awq"],
             [[s.bits, s.group_size, s.symmetric, s.ggml] for s in problem.candidates],
         ],
         sort_keys=True,
@@ -293,6 +307,8 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     errors: dict[str, list[torch.Tensor]] = {}  # ē(c) (out,) per module by a non-rtn estimator
     rounding: dict[str, list[torch.Tensor]] = {}  # and by plain rounding (the coherent probes)
     diag_h: dict[str, torch.Tensor] = {}
+    columns: dict[str, list[torch.Tensor | None]] = {}  # per module and candidate: AWQ's column scales
+    awq = awq_step(rec)
 
     def on_layer(i: int, layer, stats: dict[str, Hessian]) -> None:
         prefix = skel.layer_prefix(i)
@@ -302,17 +318,22 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
             diag_h[n] = torch.diag(h.H).clone()
         for group in by_h.values():
             first = next(iter(group))  # modules sharing H share their width, so their candidates
-            cands = problem.module_candidates[names.index(first)]
+            h, cands = stats[first], problem.module_candidates[names.index(first)]
+            cols: list[torch.Tensor | None] = [None] * len(cands)
+            if awq is not None:
+                cols = candidate_columns(group, h, cands, awq, column_map(layer, prefix, first, names))
+            columns.update(dict.fromkeys(group, cols))
             if budget.estimator != "rtn":
-                errors.update(candidate_errors(group, stats[first], cands, budget.estimator, problem.step.config))
-                rounding.update(candidate_errors(group, stats[first], cands, "rtn", problem.step.config))
+                errors.update(candidate_errors(group, h, cands, budget.estimator, problem.step.config, cols))
+                rounding.update(candidate_errors(group, h, cands, "rtn", problem.step.config, cols))
 
     keep = math.ceil(budget.fisher_samples / c.batch_size)
     kept = forward_hessians(skel, ckpt.tensor, inputs, kwargs_list, names, on_layer, keep, device, progress)
     seconds["measure"] = time.perf_counter() - t
 
     def probe(n: str, W: torch.Tensor) -> list[torch.Tensor]:
-        return [rounding_error(W, sch, diag_h[n]) for sch in problem.module_candidates[names.index(n)]]
+        cands = problem.module_candidates[names.index(n)]
+        return [rounding_error(W, sch, diag_h[n], cols) for sch, cols in zip(cands, columns[n], strict=True)]
 
     t = time.perf_counter()
     fisher, tokens, coherent = output_fisher(
