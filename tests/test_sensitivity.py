@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from tensorpress.calibration.forward import capture_inputs
 from tensorpress.calibration.sensitivity import forward_hessians, output_fisher
+from tensorpress.calibration.stats import Hessian
 from tensorpress.calibration.windows import calibration_windows, load_tokenizer
+from tensorpress.compressors.quantize import rtn_quantize
+from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import open_checkpoint
-from tensorpress.pipeline.auto import head_source
+from tensorpress.pipeline.auto import head_source, rounding_error
+from tensorpress.pipeline.auto_awq import candidate_columns
 
 MODULES = ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
 
@@ -19,6 +25,10 @@ def noise(name: str, W: torch.Tensor) -> torch.Tensor:
     """A fixed small error matrix per module (same tensor in the estimate and the measurement)."""
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
     return 0.3 * W.std() * torch.randn(W.shape, generator=gen)
+
+
+def output_error(D: torch.Tensor, H: torch.Tensor) -> float:
+    return float(((D @ H) * D).sum())
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -60,3 +70,22 @@ def test_coherent_estimate_predicts_single_module_kl(tiny_models, text_file, arc
         lin.weight.data = w0
         assert kl > 0
         assert 0.7 < coherent[n][0] / kl < 1.4, (n, coherent[n][0], kl)
+
+
+def test_awq_aware_rounding_error_is_what_awq_leaves():
+    """With an outlier input channel, AWQ's column scales cut the Hessian-weighted rounding error, and the
+    error is reported in the original coordinates (W − ΔW is the dequantized scaled weight, unscaled)."""
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 128, generator=gen)
+    x = torch.randn(2048, 128, generator=gen)
+    x[:, 5] *= 30  # one channel carries large activations
+    h = Hessian(torch.zeros(128, 128), abs_sum=torch.zeros(128))
+    h.add(x)
+    cands = [QuantScheme(bits=b, group_size=32, symmetric=True) for b in (2, 3, 4)]
+    cols = candidate_columns({"m": W}, h, cands, SimpleNamespace(grid=20, duo_scaling=False), None)
+    assert all(c is not None and c.shape == (128,) for c in cols)
+    for sch, c in zip(cands, cols, strict=True):
+        plain = rounding_error(W, sch, torch.diag(h.H))
+        scaled = rounding_error(W, sch, torch.diag(h.H), c)
+        assert output_error(scaled, h.H) < 0.8 * output_error(plain, h.H)
+        assert torch.allclose(W - scaled, rtn_quantize(W * c, sch, torch.float32).dequantize() / c, atol=1e-5)
