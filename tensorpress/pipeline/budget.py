@@ -55,7 +55,7 @@ class BudgetConfig:
     group_sizes: list[int] = field(default_factory=list)  # candidate group sizes; empty: the quantizer's own
     samples: int = 32  # calibration windows whose Hessians give the candidates' errors
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
-    estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: RTN on H, or GPTQ's own sweep on H
+    estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding (AWQ-scaled), or also GPTQ's sweep
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
 
     def validate(self) -> None:
