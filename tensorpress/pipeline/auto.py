@@ -308,7 +308,7 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     rounding: dict[str, list[torch.Tensor]] = {}  # and by plain rounding (the coherent probes)
     diag_h: dict[str, torch.Tensor] = {}
     columns: dict[str, list[torch.Tensor | None]] = {}  # per module and candidate: AWQ's column scales
-    awq = awq_step(rec)
+    awq = awq_step(rec) if budget.awq_scaled else None
 
     def on_layer(i: int, layer, stats: dict[str, Hessian]) -> None:
         prefix = skel.layer_prefix(i)

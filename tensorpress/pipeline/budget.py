@@ -57,6 +57,7 @@ class BudgetConfig:
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
     estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding (AWQ-scaled), or also GPTQ's sweep
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
+    awq_scaled: bool = False  # with an awq step: score each candidate after AWQ's scales (pipeline/auto_awq.py)
 
     def validate(self) -> None:
         if self.bits_per_weight is not None and self.size is not None:
