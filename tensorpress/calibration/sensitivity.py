@@ -23,7 +23,7 @@ sample, k_proj's over-predicted 2×). Keeping every token pair of one row, the s
     ΔKL ≈ ½ E_w Σ_j (ΔW_j · G_wj)² / tokens,   G_w = Σ_t g_t x_tᵀ  (out, in), the weight gradient of window w
 
 (rows still independent). The backward computes G_w per window and module and scores given error
-matrices with it ("coherent" estimate; measured/predicted 0.55–1.2 where the diagonal gave 0.12–2.5).
+matrices with it ("coherent" estimate; measured/predicted 0.35–1.2 where the diagonal gave 0.12–2.5).
 """
 
 from __future__ import annotations
