@@ -71,10 +71,8 @@ def layer_edges(work: LayerWork, targets: list[str]) -> list[Edge]:
         if next_rel == "fc2" and type(getattr(layer, "activation_fn", None)).__name__ != "ReLU":
             continue
         prev, nxt = work.prefix + prev_rel, work.prefix + next_rel
-        pw, nw = get_weight(work.linear(prev)), get_weight(work.linear(nxt))
-        attn = layer.get_submodule(prev_rel.rpartition(".")[0]) if "." in prev_rel else layer
         try:
-            cmap = head_map(pw.shape[0], nw.shape[1], getattr(attn, "head_dim", None))
+            cmap = linear_col_map(layer, prev_rel, next_rel)
         except ValueError as e:
             work.notes.append(f"awq: {nxt}: {e}; edge skipped")
             continue
@@ -82,6 +80,14 @@ def layer_edges(work: LayerWork, targets: list[str]) -> list[Edge]:
     order = {n: i for i, n in enumerate(targets)}
     edges.sort(key=lambda e: min(order[c] for c in e.consumers))
     return edges
+
+
+def linear_col_map(layer: nn.Module, prev_rel: str, next_rel: str) -> torch.Tensor | None:
+    """The consumer column → scale map of a Linear→Linear edge (layer-relative names): None when every
+    column has its own scale, a grouped-query map for v→o; ValueError when the heads cannot be mapped."""
+    pw, nw = get_weight(layer.get_submodule(prev_rel)), get_weight(layer.get_submodule(next_rel))
+    attn = layer.get_submodule(prev_rel.rpartition(".")[0]) if "." in prev_rel else layer
+    return head_map(pw.shape[0], nw.shape[1], getattr(attn, "head_dim", None))
 
 
 def fold(work: LayerWork, edge: Edge, s: torch.Tensor) -> torch.Tensor:

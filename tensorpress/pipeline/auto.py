@@ -45,7 +45,7 @@ from tensorpress.pipeline.budget import GGUF_CANDIDATES, BudgetConfig, parse_siz
 from tensorpress.pipeline.gguf_mix import with_fallback
 from tensorpress.version import __version__
 
-SENSITIVITY = "coherent-fisher, awq-scaled"  # the estimate's method; part of the measurement cache's key
+SENSITIVITY = "coherent-fisher"  # the estimate's method; part of the measurement cache's key
 
 
 @dataclass
@@ -173,7 +173,7 @@ def candidate_errors(
         if estimator == "gptq":
             from tensorpress.compressors.gptq_sweep import gptq_quantize
 
-            c = torch.ones(W.shape[1]) if cols is None else cols
+            c = torch.ones(W.shape[1], device=W.device) if cols is None else cols
             res = gptq_quantize(
                 W * c,
                 h.H / torch.outer(c, c),
@@ -202,11 +202,11 @@ def rounding_error(
     """ΔW (out, in) of rounding W to candidate sch: RTN, or a GGUF type's grid fitted weighted by diag H as
     the layer loop fits it; with AWQ's column scales `cols` (in,), of rounding W·diag(cols), mapped back
     (pipeline/auto_awq.py). Needs no Hessian beyond its diagonal, so the backward pass can redo it."""
-    c = torch.ones_like(diag_h) if cols is None else cols
-    Ws = W * c
+    if cols is not None:  # Q(W·s)/s − W = (Q(W·s) − W·s)/s; the scaled inputs x/s have diag H / s²
+        return rounding_error(W * cols, sch, diag_h / cols.square()) / cols
     if sch.ggml is not None:
-        return (Ws - quantize_rtn(ggml_type(sch.ggml), Ws, diag_h / c.square()).dequantize()) / c
-    return (Ws - rtn_quantize(Ws, sch, torch.float32).dequantize()) / c
+        return W - quantize_rtn(ggml_type(sch.ggml), W, diag_h).dequantize()
+    return W - rtn_quantize(W, sch, torch.float32).dequantize()
 
 
 @dataclass
@@ -286,7 +286,7 @@ def measurement_cache(ckpt, rec, problem: Problem) -> Path:
             asdict(rec.calibration),
             budget,
             problem.step.to_dict(),
-            [s.to_dict() for s in rec.steps if s.name == "awq"],
+            [s.to_dict() for s in rec.steps if s.name == "awq"] if rec.budget.awq_scaled else [],
             [[s.bits, s.group_size, s.symmetric, s.ggml] for s in problem.candidates],
         ],
         sort_keys=True,

@@ -55,7 +55,7 @@ class BudgetConfig:
     group_sizes: list[int] = field(default_factory=list)  # candidate group sizes; empty: the quantizer's own
     samples: int = 32  # calibration windows whose Hessians give the candidates' errors
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
-    estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding (AWQ-scaled), or also GPTQ's sweep
+    estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding, or also GPTQ's sweep on H
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
     awq_scaled: bool = False  # with an awq step: score each candidate after AWQ's scales (pipeline/auto_awq.py)
 
