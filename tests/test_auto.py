@@ -213,3 +213,6 @@ def test_auto_recipe_without_target_and_unknown_budget_key(capsys, tiny_models, 
     bad.write_text("budget: {bits_per_weight: 3, colour: red}\nsteps:\n  - rtn: {bits: 4}\n")
     rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
     assert rc == 2 and "budget.colour" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("budget: {bits_per_weight: 3, awq_scaled: 'no'}\nsteps:\n  - rtn: {bits: 4}\n")
+    rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
+    assert rc == 2 and "budget.awq_scaled" in err and len(err.strip().splitlines()) == 1

@@ -77,6 +77,8 @@ class BudgetConfig:
         unknown = [t for t in self.types if t not in TYPES]
         if unknown:
             raise ConfigError("types", f"unknown GGUF type {unknown[0]!r} (known: {', '.join(TYPES)})")
+        if not isinstance(self.awq_scaled, bool):
+            raise ConfigError("awq_scaled", f"must be true or false, got {self.awq_scaled!r}")
         for key in ("samples", "fisher_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
