@@ -28,6 +28,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import tensorpress
@@ -61,8 +62,8 @@ def novel_text() -> Path:
     return dest
 
 
-def methods(samples: int) -> dict[str, tuple[str | dict, float | None]]:
-    """name → (recipe, target bits/weight)."""
+def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[str | dict, float | None]]:
+    """name → (recipe, target bits/weight); `groups`: the auto recipe's candidate group sizes."""
     calib = {"text": "kjv:calib", "samples": samples, "seqlen": 512, "seed": 0}
     ignore = {"ignore": ["lm_head"]}
     awq = {"awq": {"grid": 20, "objective": "linear"}, **ignore}
@@ -77,12 +78,19 @@ def methods(samples: int) -> dict[str, tuple[str | dict, float | None]]:
     auto = {
         "name": "auto",
         "calibration": calib,
-        "budget": {"bits": [2, 3, 4, 5, 6, 8], "group_sizes": [64]},
+        "budget": {"bits": [2, 3, 4, 5, 6, 8], "group_sizes": groups or shipped_group_sizes()},
         "steps": [awq, gptq(4)],
     }
     for t in AUTO_BPW:
         out[f"auto-{t:g}"] = (auto, t)
     return out
+
+
+def shipped_group_sizes() -> list[int]:
+    """The shipped `auto` recipe's candidate group sizes (the benchmark runs what users get)."""
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parents[1] / "recipes" / "auto.yaml").read_text())["budget"]["group_sizes"]
 
 
 def base_reference(model: Path, tokens, path: Path) -> BaseReference:
@@ -177,7 +185,7 @@ def validate_estimator(samples: int, windows: int, bits: tuple[int, ...] = (2, 3
     from tensorpress.pipeline.recipe import load_recipe
 
     sample = ensure_sample()
-    recipe, _ = methods(samples)["auto-3.5"]
+    recipe, _ = methods(samples)["auto-3.5"]  # the shipped candidates
     rec = load_recipe({**recipe, "budget": {**recipe["budget"], "bits_per_weight": 3.5, "samples": samples}})
     ckpt = open_checkpoint(sample.model)
     skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
@@ -215,6 +223,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=48)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--only", default="", help="comma-separated method names")
+    groups_help = "auto's candidate group sizes, e.g. 64,-1 (default: recipes/auto.yaml's)"
+    ap.add_argument("--group-sizes", default="", help=groups_help)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (outputs, base-logit caches)")
     ap.add_argument("--json", type=Path, default=Path("auto_precision.json"), help="rows, kept across invocations")
     ap.add_argument("--chart", type=Path, default=Path("auto_precision.png"))
@@ -250,7 +260,8 @@ def main() -> None:
     for k in texts:
         refs[k] = base_reference(sample.model, tokens[k], work / f"base-{k.replace(':', '-')}.npy")
         ppl_base[k] = base_ppl(refs[k], tokens[k])
-    todo = methods(args.samples)
+    groups = [int(g) for g in args.group_sizes.split(",")] if args.group_sizes else shipped_group_sizes()
+    todo = methods(args.samples, groups)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
     if any(k.startswith("auto") for k in todo) and not args.keep_measurement:  # the first auto run is timed
@@ -284,6 +295,7 @@ def main() -> None:
                 budget_bpw=a["budget_bits_per_weight"],
                 bits_count={str(b): sum(m["bits"] == b for m in a["modules"].values()) for b in (2, 3, 4, 5, 6, 8)},
                 measurement_cached=a.get("cached", False),
+                schemes_count=dict(Counter(f"w{m['bits']}g{m['group_size']}" for m in a["modules"].values())),
             )
         for k in texts:
             m = evaluate_tokens(out, refs[k], tokens[k])

@@ -122,6 +122,38 @@ def test_budget_met_and_transformers_loads_mixed_output(tiny_models, text_file, 
         assert torch.equal(hf(ids).logits, ours(ids).logits)
 
 
+def test_group_size_candidates_are_those_dividing_the_width():
+    from tensorpress.pipeline.auto import module_candidates
+
+    cands = [QuantScheme(bits=3, group_size=g) for g in (32, 48, 64, -1)] + [QuantScheme(bits=4, ggml="Q4_K")]
+
+    def offered(in_f, cands=cands):
+        return [c.group_size if c.ggml is None else c.ggml for c in module_candidates(cands, in_f)]
+
+    assert offered(96) == [32, 48, -1, "Q5_0"]  # Q4_K's fallback on rows that are not 256-multiples
+    assert offered(160) == [32, -1, "Q5_0"]
+    assert offered(100, cands[:-1]) == [32, 48, 64, -1]  # none divides: short last groups, as any recipe
+
+
+def test_mixed_group_sizes_load_in_transformers(tiny_models, text_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    tensorpress.compress(tiny_models["llama"], recipe(text_file, bits_per_weight=3.4, group_sizes=[32, 48, -1]), out)
+    assert 3.4 * 0.99 <= size_stats(out)["bits_per_weight"] <= 3.4
+    modules = json.loads((out / "config.json").read_text())["tensorpress"]["auto"]["modules"]
+    widths = {n: 160 if n.endswith("down_proj") else 96 for n in modules}
+    assert all(m["group_size"] == -1 or widths[n] % m["group_size"] == 0 for n, m in modules.items())
+    assert len({(m["bits"], m["group_size"]) for m in modules.values()}) > 2
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    strategies = {(g["weights"]["strategy"], g["weights"]["group_size"]) for g in groups.values()}
+    assert len(strategies) > 1
+    ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(0))
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(hf(ids).logits, tensorpress.load(out)(ids).logits)
+
+
 def test_rerun_with_another_target_reuses_the_measurement_and_reports(tiny_models, text_file, tmp_path):
     from tensorpress.evaluation.charts import bits_grid
 

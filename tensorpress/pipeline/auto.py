@@ -88,6 +88,17 @@ def for_width(c: QuantScheme, in_f: int) -> QuantScheme:
     return c if c.ggml is None else ggml_type(with_fallback(c.ggml, in_f)).scheme()
 
 
+def module_candidates(candidates: list[QuantScheme], in_f: int) -> list[QuantScheme]:
+    """The candidates a module of `in_f` columns is offered. Group sizes that do not divide its width are
+    dropped when another group size does: a short last group stores a whole group's scale for fewer
+    weights, and inference kernels (vLLM's among them) want whole groups. If none divides, all stay (the
+    short last group, as in any recipe); per-channel candidates (-1) and GGUF types always stay."""
+    grouped = {c.group_size for c in candidates if c.ggml is None and c.group_size > 0}
+    if any(in_f % g == 0 for g in grouped):
+        candidates = [c for c in candidates if c.ggml is not None or c.group_size == -1 or in_f % c.group_size == 0]
+    return [for_width(c, in_f) for c in candidates]
+
+
 def label(c: QuantScheme) -> str:
     """How messages and reports name a candidate."""
     return c.ggml if c.ggml is not None else f"{c.bits} bits"
@@ -242,7 +253,7 @@ def allocation_problem(skel, ckpt, rec, plan) -> Problem:
     candidates = gguf_candidates(budget) if rec.gguf is not None else candidate_schemes(step, budget)
     shapes = module_shapes(skel, names)
     try:
-        per_module = [[for_width(c, shapes[n][1]) for c in candidates] for n in names]
+        per_module = [module_candidates(candidates, shapes[n][1]) for n in names]
     except ValueError as e:
         raise TensorpressError(f"recipe '{rec.source}': budget.types: {e}") from e
     costs = [
