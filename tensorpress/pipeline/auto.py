@@ -100,8 +100,10 @@ def module_candidates(candidates: list[QuantScheme], in_f: int) -> list[QuantSch
 
 
 def label(c: QuantScheme) -> str:
-    """How messages and reports name a candidate."""
-    return c.ggml if c.ggml is not None else f"{c.bits} bits"
+    """How messages name a candidate: a GGUF type, or bits and group size."""
+    if c.ggml is not None:
+        return c.ggml
+    return f"{c.bits} bits " + ("per channel" if c.group_size == -1 else f"g{c.group_size}")
 
 
 def stored_bytes(out_f: int, in_f: int, c: QuantScheme, scale_bytes: int) -> int:
@@ -118,22 +120,25 @@ def scale_bytes_of(ckpt, skel, name: str) -> int:
     return DTYPES[info.dtype].itemsize if info is not None and info.dtype in DTYPES else 4
 
 
-def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, candidates, costs, metadata_bytes: int) -> int:
+def byte_budget(
+    budget: BudgetConfig, ckpt, skel, names, shapes, costs, module_cands, metadata_bytes: int
+) -> int:
     """B, the bytes the quantized Linears may store. Range errors name the target and the candidates' span."""
     weights = sum(o * i for o, i in shapes.values())
     lo, hi = sum(min(c) for c in costs), sum(max(c) for c in costs)
+    cheapest, dearest = extreme_candidates(costs, module_cands)
     if budget.bits_per_weight is not None:
         t = budget.bits_per_weight
         lo_bpw, hi_bpw = 8 * lo / weights, 8 * hi / weights
         if t < lo_bpw:
             raise TensorpressError(
                 f"--target-bpw {t:g}: below the smallest candidate ({lo_bpw:.4g} bits/weight, every module at "
-                f"{label(candidates[0])})"
+                f"{cheapest})"
             )
         if t > hi_bpw + 1e-9:
             raise TensorpressError(
                 f"--target-bpw {t:g}: above the largest candidate ({hi_bpw:.4g} bits/weight, every module at "
-                f"{label(candidates[-1])})"
+                f"{dearest})"
             )
         return min(math.floor(t * weights / 8), hi)
     total = parse_size(budget.size)
@@ -142,14 +147,24 @@ def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, candidates, cos
     if room < lo:
         raise TensorpressError(
             f"--target-size {budget.size}: below the smallest candidate ({lo + fixed:,} bytes with every module at "
-            f"{label(candidates[0])})"
+            f"{cheapest})"
         )
     if room > hi:
         raise TensorpressError(
             f"--target-size {budget.size}: above the largest candidate ({hi + fixed:,} bytes with every module at "
-            f"{label(candidates[-1])})"
+            f"{dearest})"
         )
     return room
+
+
+def extreme_candidates(costs, module_cands) -> tuple[str, str]:
+    """Names of what every module's cheapest and dearest candidates are, for range errors: the candidate
+    itself when it is the same for every module (else "its smallest/largest candidate")."""
+    out = []
+    for pick, word in ((min, "smallest"), (max, "largest")):
+        chosen = {label(m[row.index(pick(row))]) for row, m in zip(costs, module_cands, strict=True)}
+        out.append(chosen.pop() if len(chosen) == 1 else f"its {word} candidate")
+    return out[0], out[1]
 
 
 def fixed_bytes(ckpt, skel, names: list[str], metadata_bytes: int) -> int:
@@ -261,7 +276,7 @@ def allocation_problem(skel, ckpt, rec, plan) -> Problem:
         for n, cands in zip(names, per_module, strict=True)
     ]
     meta_bytes = 2 * len(json.dumps(rec.to_dict())) + 512  # the shard metadata: the recipe as an escaped string
-    B = byte_budget(budget, ckpt, skel, names, shapes, candidates, costs, meta_bytes)
+    B = byte_budget(budget, ckpt, skel, names, shapes, costs, per_module, meta_bytes)
     return Problem(step, names, candidates, per_module, costs, B, sum(o * i for o, i in shapes.values()))
 
 
