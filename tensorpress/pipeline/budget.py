@@ -4,8 +4,8 @@
 budget:
   bits_per_weight: 3.5       # or size: 90MB — exactly one target (CLI: --target-bpw / --target-size)
   bits: [2, 3, 4, 5, 6, 8]   # candidate bit widths of the quantizer step
-  group_sizes: [32, 64, 128, -1]   # candidate group sizes, -1 per channel (empty: the quantizer step's own);
-                                   # a module is offered those dividing its width, when any does
+  group_sizes: [32, 64, 96, 192, -1]   # candidate group sizes, -1 per channel (empty: the quantizer step's
+                                       # own); a module is offered those dividing its width, when any does
   types: [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0]   # with GGUF output: candidate GGUF types (this default)
 ```
 Every other setting of a candidate is the quantizer step's own. Bits per weight count what the quantized
