@@ -260,7 +260,7 @@ def main() -> None:
     for k in texts:
         refs[k] = base_reference(sample.model, tokens[k], work / f"base-{k.replace(':', '-')}.npy")
         ppl_base[k] = base_ppl(refs[k], tokens[k])
-    groups = [int(g) for g in args.group_sizes.split(",")] if args.group_sizes else shipped_group_sizes()
+    groups = [int(g) for g in args.group_sizes.split(",")] if args.group_sizes else None
     todo = methods(args.samples, groups)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}

@@ -51,6 +51,11 @@ class QuantScheme:
     def group_len(self, in_features: int) -> int:
         return in_features if self.group_size == -1 else self.group_size
 
+    def whole_groups(self, in_features: int) -> bool:
+        """Every group full (per channel, or group_size divides in_features): compressed-tensors rejects a
+        shorter last group."""
+        return self.group_size == -1 or in_features % self.group_size == 0
+
 
 @dataclass
 class QuantizedWeight:

@@ -91,11 +91,11 @@ def for_width(c: QuantScheme, in_f: int) -> QuantScheme:
 def module_candidates(candidates: list[QuantScheme], in_f: int) -> list[QuantScheme]:
     """The candidates a module of `in_f` columns is offered. Group sizes that do not divide its width are
     dropped when another group size does: a short last group stores a whole group's scale for fewer
-    weights, and inference kernels (vLLM's among them) want whole groups. If none divides, all stay (the
-    short last group, as in any recipe); per-channel candidates (-1) and GGUF types always stay."""
-    grouped = {c.group_size for c in candidates if c.ggml is None and c.group_size > 0}
-    if any(in_f % g == 0 for g in grouped):
-        candidates = [c for c in candidates if c.ggml is not None or c.group_size == -1 or in_f % c.group_size == 0]
+    weights, and compressed-tensors rejects it. If none divides, all stay (the short last group, as in any
+    recipe); per-channel candidates (-1) and GGUF types always stay."""
+    grouped = [c for c in candidates if c.ggml is None and c.group_size > 0]
+    if any(c.whole_groups(in_f) for c in grouped):
+        candidates = [c for c in candidates if c.ggml is not None or c.whole_groups(in_f)]
     return [for_width(c, in_f) for c in candidates]
 
 

@@ -129,7 +129,7 @@ def _record(work: LayerWork, originals: dict, schemes: dict, errors: dict, notes
             )
         gs = qw.scheme.group_size
         in_f = qw.codes.shape[1]
-        if gs != -1 and in_f % gs:
+        if not qw.scheme.whole_groups(in_f):
             notes.append(
                 f"group_size {gs} does not divide in_features {in_f} (e.g. {name}): the last group is shorter; "
                 "tensorpress and `tensorpress decompress` load it, compressed-tensors 0.20 rejects it"
