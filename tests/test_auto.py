@@ -154,6 +154,55 @@ def test_mixed_group_sizes_load_in_transformers(tiny_models, text_file, tmp_path
         assert torch.equal(hf(ids).logits, tensorpress.load(out)(ids).logits)
 
 
+def test_asymmetric_candidates_only_at_their_bits_and_only_for_a_symmetric_step():
+    from types import SimpleNamespace
+
+    from tensorpress.pipeline.auto import candidate_schemes, label
+    from tensorpress.pipeline.budget import BudgetConfig
+
+    def step(symmetric):
+        return SimpleNamespace(config=SimpleNamespace(scheme=lambda: QuantScheme(4, 64, symmetric)))
+
+    budget = BudgetConfig(bits=[2, 3, 8], group_sizes=[64, -1], asymmetric_bits=[2, 3])
+    got = [(c.bits, c.group_size, c.symmetric) for c in candidate_schemes(step(True), budget)]
+    assert got == [
+        (2, 64, True), (2, 64, False), (3, 64, True), (3, 64, False), (8, 64, True),
+        (2, -1, True), (2, -1, False), (3, -1, True), (3, -1, False), (8, -1, True),
+    ]  # fmt: skip
+    assert all(not c.symmetric for c in candidate_schemes(step(False), budget))  # an asymmetric step stays so
+    assert len(candidate_schemes(step(False), budget)) == 6
+    assert label(QuantScheme(3, -1, False)) == "3 bits per channel asymmetric"
+    # a zero point costs what pack_tensors writes: packed zeros per group
+    assert packed_bytes(64, 128, QuantScheme(3, 64, False), 2) > packed_bytes(64, 128, QuantScheme(3, 64, True), 2)
+
+
+def test_mixed_symmetric_and_asymmetric_match_the_compressed_tensors_oracle(tiny_models, text_file, tmp_path):
+    """transformers 5.25 cannot load asymmetric pack-quantized weights (upstream), so the oracle here is
+    compressed-tensors' own decompressor, fed each module's stored tensors and its config group."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    body = {"bits_per_weight": 3.4, "group_sizes": [32, -1], "asymmetric_bits": [2, 3, 4]}
+    res = tensorpress.compress(tiny_models["llama"], recipe(text_file, **body), out)
+    assert 3.4 * 0.99 <= size_stats(out)["bits_per_weight"] <= 3.4
+    assert any("asymmetric" in n and "tensorpress.load" in n for n in res.notes)
+    cfg = json.loads((out / "config.json").read_text())
+    modules = cfg["tensorpress"]["auto"]["modules"]
+    assert {m["symmetric"] for m in modules.values()} == {True, False}  # the knapsack took both kinds
+    stored = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
+    ours = dict(tensorpress.load(out).named_modules())
+    for group in cfg["quantization_config"]["config_groups"].values():
+        scheme = QuantizationScheme(targets=group["targets"], weights=QuantizationArgs(**group["weights"]))
+        for target in group["targets"]:
+            name = target.removeprefix("re:").strip("^$").replace("\\.", ".")
+            state = {k.split(".")[-1]: v for k, v in stored.items() if k.rsplit(".", 1)[0] == name}
+            assert ("weight_zero_point" in state) == (not modules[name]["symmetric"])
+            dense = PackedQuantizationCompressor.decompress(state, scheme)["weight"]
+            assert torch.equal(dense, ours[name].weight.to(dense.dtype)), name  # ct dequantizes in the scale dtype
+
+
 def test_rerun_with_another_target_reuses_the_measurement_and_reports(tiny_models, text_file, tmp_path):
     from tensorpress.evaluation.charts import bits_grid
 
@@ -248,3 +297,6 @@ def test_auto_recipe_without_target_and_unknown_budget_key(capsys, tiny_models, 
     bad.write_text("budget: {bits_per_weight: 3, awq_scaled: 'no'}\nsteps:\n  - rtn: {bits: 4}\n")
     rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
     assert rc == 2 and "budget.awq_scaled" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("budget: {bits_per_weight: 3, bits: [3, 4], asymmetric_bits: [2]}\nsteps:\n  - rtn: {bits: 4}\n")
+    rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
+    assert rc == 2 and "budget.asymmetric_bits" in err and len(err.strip().splitlines()) == 1

@@ -165,6 +165,8 @@ def _grad_hooks(n: str, sums: dict, coherent: dict, errs: list[torch.Tensor]):
     """Forward hook on module n: when its output's gradient g arrives, add Σ_t g² to sums[n] and, per window
     w and error matrix ΔW, Σ_j (ΔW_j · G_wj)² to coherent[n] (G_w = g_wᵀ x_w, the window's weight gradient)."""
 
+    E = torch.stack(errs, 1) if errs else None  # (out, K, in): every error matrix, one batched product
+
     def fwd(_m, inp, out) -> None:
         x = inp[0].detach()
 
@@ -172,14 +174,15 @@ def _grad_hooks(n: str, sums: dict, coherent: dict, errs: list[torch.Tensor]):
             g = g.detach().float()
             sq = g.pow(2).reshape(-1, g.shape[-1]).sum(0)
             sums[n] = sums[n] + sq if n in sums else sq
-            if not errs:
+            if E is None:
                 return
             xs = x.float().reshape(-1, x.shape[-2], x.shape[-1])  # (windows, L, in)
             gs = g.reshape(-1, g.shape[-2], g.shape[-1])  # (windows, L, out)
             for w in range(gs.shape[0]):
                 G = gs[w].T @ xs[w]  # (out, in)
-                for k, D in enumerate(errs):
-                    coherent[n][k] += float((D * G).sum(1).pow(2).sum())
+                dots = torch.bmm(E, G.unsqueeze(2)).squeeze(2)  # (out, K): ΔW_j(k) · G_wj
+                for k, v in enumerate(dots.pow(2).sum(0).tolist()):
+                    coherent[n][k] += v
 
         out.register_hook(on_grad)
 

@@ -18,6 +18,7 @@ def auto_rows(a: dict) -> list[tuple[str, str]]:
     count: dict[int, int] = {}
     for m in a["modules"].values():
         count[m["bits"]] = count.get(m["bits"], 0) + 1
+    asym = sum(m.get("symmetric") is False for m in a["modules"].values())
     measured = "" if not a.get("cached") else " (measurement reused from an earlier run)"
     return [
         ("target", target),
@@ -27,6 +28,7 @@ def auto_rows(a: dict) -> list[tuple[str, str]]:
         ),
         ("achieved", f"{a['bytes']:,} bytes = {a['bits_per_weight']:.4f} bits/weight"),
         ("modules per bit width", ", ".join(f"{b} bits: {n}" for b, n in sorted(count.items()))),
+        *([("asymmetric modules (a zero point per group)", str(asym))] if asym else []),
         ("predicted KL (sum of per-module estimates)", _num(a.get("predicted_kl"))),
         ("measured KL (evaluation text)", _num(a.get("measured_kl"))),
         ("estimator", f"{a['estimator']} error × coherent output Fisher of {a['sensitivity_tokens']} tokens{measured}"),

@@ -6,6 +6,7 @@ budget:
   bits: [2, 3, 4, 5, 6, 8]   # candidate bit widths of the quantizer step
   group_sizes: [32, 64, 96, 192, -1]   # candidate group sizes, -1 per channel (empty: the quantizer step's
                                        # own); a module is offered those dividing its width, when any does
+  asymmetric_bits: [2, 3, 4]  # bit widths also offered asymmetric: a zero point per group (empty: none)
   types: [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0]   # with GGUF output: candidate GGUF types (this default)
 ```
 Every other setting of a candidate is the quantizer step's own. Bits per weight count what the quantized
@@ -54,6 +55,7 @@ class BudgetConfig:
     size: str | int | None = None  # target size of the weight files: bytes, or "90MB", "3GiB"
     bits: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])  # candidate bit widths
     group_sizes: list[int] = field(default_factory=list)  # candidate group sizes; empty: the quantizer's own
+    asymmetric_bits: list[int] = field(default_factory=list)  # bit widths also offered with zero points
     samples: int = 32  # calibration windows whose Hessians give the candidates' errors
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
     estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding, or also GPTQ's sweep on H
@@ -72,6 +74,9 @@ class BudgetConfig:
                 raise ConfigError("size", str(e)) from e
         if not self.bits or any(not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8 for b in self.bits):
             raise ConfigError("bits", f"must be a non-empty list of integers 2–8, got {self.bits}")
+        extra = [b for b in self.asymmetric_bits if b not in self.bits]
+        if extra:
+            raise ConfigError("asymmetric_bits", f"{extra[0]!r} is not one of the candidate bits {self.bits}")
         if any(not isinstance(g, int) or isinstance(g, bool) or (g < 1 and g != -1) for g in self.group_sizes):
             raise ConfigError("group_sizes", f"must be positive integers or -1, got {self.group_sizes}")
         self.types = [str(t).upper() for t in self.types]

@@ -127,6 +127,12 @@ def _record(work: LayerWork, originals: dict, schemes: dict, errors: dict, notes
                 "Conv1D layers (GPT-2 style) are not loadable by compressed-tensors/transformers, which would "
                 "initialize them randomly: load this output with tensorpress.load or `tensorpress decompress`"
             )
+        if not qw.scheme.symmetric and qw.scheme.ggml is None:
+            notes.append(
+                "asymmetric modules (zero points): compressed-tensors 0.20 packs and unpacks "
+                "them as written, but transformers 5.25 cannot load asymmetric pack-quantized weights "
+                "(llm-compressor#1618): load with tensorpress.load or `tensorpress decompress`"
+            )
         gs = qw.scheme.group_size
         in_f = qw.codes.shape[1]
         if not qw.scheme.whole_groups(in_f):
