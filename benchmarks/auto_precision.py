@@ -68,13 +68,15 @@ def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[st
     ignore = {"ignore": ["lm_head"]}
     awq = {"awq": {"grid": 20, "objective": "linear"}, **ignore}
 
-    def gptq(bits: int) -> dict:
-        return {"gptq": {"bits": bits, "group_size": 64, "symmetric": True, "actorder": "static"}, **ignore}
+    def gptq(bits: int, symmetric: bool = True) -> dict:
+        return {"gptq": {"bits": bits, "group_size": 64, "symmetric": symmetric, "actorder": "static"}, **ignore}
 
     out: dict[str, tuple[str | dict, float | None]] = {}
     for b in (3, 4):
         out[f"gptq-w{b}g64"] = ({"calibration": calib, "steps": [gptq(b)]}, None)
         out[f"awq-gptq-w{b}g64"] = ({"calibration": calib, "steps": [awq, gptq(b)]}, None)
+    for b in (3, 4):  # not the reference points: zero points cost 0.05 bits/weight more at g64
+        out[f"asym-awq-gptq-w{b}g64"] = ({"calibration": calib, "steps": [awq, gptq(b, symmetric=False)]}, None)
     auto = {
         "name": "auto",
         "calibration": calib,
@@ -83,6 +85,9 @@ def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[st
     }
     for t in AUTO_BPW:
         out[f"auto-{t:g}"] = (auto, t)
+    asym = {**auto, "budget": {**auto["budget"], "asymmetric_bits": [2, 3, 4]}}
+    for t in (3.25, 3.5, 4.25):  # opt-in asymmetric candidates (transformers cannot load their output)
+        out[f"asym-auto-{t:g}"] = (asym, t)
     return out
 
 
@@ -121,8 +126,8 @@ def chart(rows: list[dict], path: Path, texts: list[str]) -> None:
 
     fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.2), layout="constrained")
     for ax, text in zip(axes, texts, strict=True):
-        for family, style in (("gptq-", "s"), ("awq-gptq-", "D")):
-            pts = [r for r in rows if r["method"].startswith(family) and not r["method"].startswith("auto")]
+        for family, style in (("gptq-", "s"), ("awq-gptq-", "D"), ("asym-awq-gptq-", "^")):
+            pts = [r for r in rows if r["method"].startswith(family) and "auto" not in r["method"]]
             if family == "gptq-":
                 pts = [r for r in pts if not r["method"].startswith("awq")]
             ax.scatter(
@@ -150,6 +155,16 @@ def chart(rows: list[dict], path: Path, texts: list[str]) -> None:
             label="auto (mixed precision)",
             zorder=2,
         )
+        asym = sorted((r for r in rows if r["method"].startswith("asym-auto")), key=lambda r: r["bits_per_weight"])
+        if asym:
+            ax.plot(
+                [r["bits_per_weight"] for r in asym],
+                [r["kl"][text] for r in asym],
+                "v--",
+                color="#8172b2",
+                label="auto + asymmetric candidates (opt-in)",
+                zorder=2,
+            )
         ax.set_yscale("log")
         ax.set_xlabel("bits per weight (quantized Linears)")
         ax.set_ylabel("KL(base ‖ compressed) per token")
@@ -264,7 +279,7 @@ def main() -> None:
     todo = methods(args.samples, groups)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
-    if any(k.startswith("auto") for k in todo) and not args.keep_measurement:  # the first auto run is timed
+    if any("auto" in k for k in todo) and not args.keep_measurement:  # the first auto run is timed
         shutil.rmtree(cache_dir() / "auto", ignore_errors=True)
     kept = []
     if args.json.exists():
@@ -346,7 +361,7 @@ def main() -> None:
         if {"auto-4.25", "awq-gptq-w4g64"} <= by.keys():
             q = ratio("auto-4.25", "awq-gptq-w4g64", text)
             checks.append((f"[{text}] auto-4.25 / awq-gptq-w4g64 KL = {q:.3f} (target ≤ 0.85)", q <= 0.85))
-        for u in (r for r in rows if not r["method"].startswith("auto")):
+        for u in (r for r in rows if not r["method"].startswith(("auto", "asym-"))):  # the uniform points
             below = [a for a in autos if a["bits_per_weight"] <= u["bits_per_weight"] + 1e-9]
             if below:
                 a = below[-1]  # the largest auto point not above the uniform point's size
@@ -358,6 +373,17 @@ def main() -> None:
                         ok,
                     )
                 )
+    info = []  # the opt-in asymmetric variants: against the references and against uniform asymmetric
+    for text in texts:
+        for a, u in (
+            ("asym-auto-3.25", "awq-gptq-w3g64"),
+            ("asym-auto-3.5", "awq-gptq-w3g64"),
+            ("asym-auto-4.25", "awq-gptq-w4g64"),
+            ("asym-auto-3.25", "asym-awq-gptq-w3g64"),
+            ("asym-auto-4.25", "asym-awq-gptq-w4g64"),
+        ):
+            if {a, u} <= by.keys():
+                info.append(f"[{text}] {a} / {u} KL = {ratio(a, u, text):.3f}")
     timed = next((a for a in rows if a["method"].startswith("auto") and not a.get("measurement_cached")), None)
     if timed and "awq-gptq-w4g64" in by:
         q = timed["seconds"] / by["awq-gptq-w4g64"]["seconds"]
@@ -371,6 +397,8 @@ def main() -> None:
         )
     for what, ok in checks:
         print(f"- {'PASS' if ok else 'FAIL'}: {what}")
+    for what in info:
+        print(f"- info: {what}")
     chart(rows, args.chart, list(texts))
     print(f"\nchart: {args.chart.resolve()}")
     if not args.work:  # a --work folder keeps the base log-probs for the next invocation

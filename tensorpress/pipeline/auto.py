@@ -127,9 +127,7 @@ def scale_bytes_of(ckpt, skel, name: str) -> int:
     return DTYPES[info.dtype].itemsize if info is not None and info.dtype in DTYPES else 4
 
 
-def byte_budget(
-    budget: BudgetConfig, ckpt, skel, names, shapes, costs, module_cands, metadata_bytes: int
-) -> int:
+def byte_budget(budget: BudgetConfig, ckpt, skel, names, shapes, costs, module_cands, metadata_bytes: int) -> int:
     """B, the bytes the quantized Linears may store. Range errors name the target and the candidates' span."""
     weights = sum(o * i for o, i in shapes.values())
     lo, hi = sum(min(c) for c in costs), sum(max(c) for c in costs)
@@ -144,8 +142,7 @@ def byte_budget(
             )
         if t > hi_bpw + 1e-9:
             raise TensorpressError(
-                f"--target-bpw {t:g}: above the largest candidate ({hi_bpw:.4g} bits/weight, every module at "
-                f"{dearest})"
+                f"--target-bpw {t:g}: above the largest candidate ({hi_bpw:.4g} bits/weight, every module at {dearest})"
             )
         return min(math.floor(t * weights / 8), hi)
     total = parse_size(budget.size)
