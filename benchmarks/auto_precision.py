@@ -146,25 +146,15 @@ def chart(rows: list[dict], path: Path, texts: list[str]) -> None:
                     textcoords="offset points",
                     fontsize=7,
                 )
-        auto = sorted((r for r in rows if r["method"].startswith("auto")), key=lambda r: r["bits_per_weight"])
-        ax.plot(
-            [r["bits_per_weight"] for r in auto],
-            [r["kl"][text] for r in auto],
-            "o-",
-            color="#c44e52",
-            label="auto (mixed precision)",
-            zorder=2,
+        series = (
+            ("auto", "o-", "#c44e52", "auto (mixed precision)"),
+            ("asym-auto", "v--", "#8172b2", "auto + asymmetric candidates (opt-in)"),
         )
-        asym = sorted((r for r in rows if r["method"].startswith("asym-auto")), key=lambda r: r["bits_per_weight"])
-        if asym:
-            ax.plot(
-                [r["bits_per_weight"] for r in asym],
-                [r["kl"][text] for r in asym],
-                "v--",
-                color="#8172b2",
-                label="auto + asymmetric candidates (opt-in)",
-                zorder=2,
-            )
+        for prefix, style, color, label in series:
+            pts = sorted((r for r in rows if r["method"].startswith(prefix)), key=lambda r: r["bits_per_weight"])
+            if pts:
+                xs, ys = [r["bits_per_weight"] for r in pts], [r["kl"][text] for r in pts]
+                ax.plot(xs, ys, style, color=color, label=label, zorder=2)
         ax.set_yscale("log")
         ax.set_xlabel("bits per weight (quantized Linears)")
         ax.set_ylabel("KL(base ‖ compressed) per token")
