@@ -56,7 +56,7 @@ class BudgetConfig:
     bits: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])  # candidate bit widths
     group_sizes: list[int] = field(default_factory=list)  # candidate group sizes; empty: the quantizer's own
     asymmetric_bits: list[int] = field(default_factory=list)  # bit widths also offered with zero points
-    samples: int = 32  # calibration windows whose Hessians give the candidates' errors
+    samples: int = 32  # calibration windows of the Hessians (estimator gptq, awq_scaled, GGUF output)
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
     estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding, or also GPTQ's sweep on H
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
