@@ -2,7 +2,8 @@
 
     budget (bits/weight or bytes) ──▶ exact byte budget B of the quantized Linears
     one streamed forward of the base model on `samples` windows (just the `fisher_samples` ones when nothing
-        needs H): each module's Hessian H (diag H fits GGUF grids; AWQ's scales with `awq_scaled`; with `estimator: gptq`, ē(c) = diag(ΔW Ĥ ΔWᵀ) (out,) of GPTQ's and of rounding's ΔW)
+        needs H): each module's Hessian H (diag H fits GGUF grids; AWQ's scales with `awq_scaled`; with
+        `estimator: gptq`, ē(c) = diag(ΔW Ĥ ΔWᵀ) (out,) of GPTQ's and of rounding's ΔW)
     one streamed backward on `fisher_samples` windows with labels sampled from the base model: per window w
         the module's weight gradient G_w (out, in), and per candidate c its rounding error ΔW(c)
     predicted ΔKL(module, c) = ½ E_w Σ_j (ΔW_j(c) · G_wj)² / tokens   (calibration/sensitivity.py)
