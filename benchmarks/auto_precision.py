@@ -62,8 +62,10 @@ def novel_text() -> Path:
     return dest
 
 
-def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[str | dict, float | None]]:
-    """name → (recipe, target bits/weight); `groups`: the auto recipe's candidate group sizes."""
+def methods(
+    samples: int, groups: list[int] | None = None, estimator: str | None = None
+) -> dict[str, tuple[str | dict, float | None]]:
+    """name → (recipe, target bits/weight); `groups`, `estimator`: the auto recipe's (default: shipped)."""
     calib = {"text": "kjv:calib", "samples": samples, "seqlen": 512, "seed": 0}
     ignore = {"ignore": ["lm_head"]}
     awq = {"awq": {"grid": 20, "objective": "linear"}, **ignore}
@@ -80,7 +82,11 @@ def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[st
     auto = {
         "name": "auto",
         "calibration": calib,
-        "budget": {"bits": [2, 3, 4, 5, 6, 8], "group_sizes": groups or shipped_group_sizes()},
+        "budget": {
+            "bits": [2, 3, 4, 5, 6, 8],
+            "group_sizes": groups or shipped_budget()["group_sizes"],
+            "estimator": estimator or shipped_budget().get("estimator", "rtn"),
+        },
         "steps": [awq, gptq(4)],
     }
     for t in AUTO_BPW:
@@ -91,11 +97,11 @@ def methods(samples: int, groups: list[int] | None = None) -> dict[str, tuple[st
     return out
 
 
-def shipped_group_sizes() -> list[int]:
-    """The shipped `auto` recipe's candidate group sizes (the benchmark runs what users get)."""
+def shipped_budget() -> dict:
+    """The shipped `auto` recipe's budget section (the benchmark runs what users get)."""
     import yaml
 
-    return yaml.safe_load((Path(__file__).parents[1] / "recipes" / "auto.yaml").read_text())["budget"]["group_sizes"]
+    return yaml.safe_load((Path(__file__).parents[1] / "recipes" / "auto.yaml").read_text())["budget"]
 
 
 def base_reference(model: Path, tokens, path: Path) -> BaseReference:
@@ -230,6 +236,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated method names")
     groups_help = "auto's candidate group sizes, e.g. 64,-1 (default: recipes/auto.yaml's)"
     ap.add_argument("--group-sizes", default="", help=groups_help)
+    ap.add_argument("--estimator", default="", help="auto's budget.estimator (default: recipes/auto.yaml's)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (outputs, base-logit caches)")
     ap.add_argument("--json", type=Path, default=Path("auto_precision.json"), help="rows, kept across invocations")
     ap.add_argument("--chart", type=Path, default=Path("auto_precision.png"))
@@ -266,7 +273,7 @@ def main() -> None:
         refs[k] = base_reference(sample.model, tokens[k], work / f"base-{k.replace(':', '-')}.npy")
         ppl_base[k] = base_ppl(refs[k], tokens[k])
     groups = [int(g) for g in args.group_sizes.split(",")] if args.group_sizes else None
-    todo = methods(args.samples, groups)
+    todo = methods(args.samples, groups, args.estimator or None)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
     if any("auto" in k for k in todo) and not args.keep_measurement:  # the first auto run is timed

@@ -300,3 +300,48 @@ def test_auto_recipe_without_target_and_unknown_budget_key(capsys, tiny_models, 
     bad.write_text("budget: {bits_per_weight: 3, bits: [3, 4], asymmetric_bits: [2]}\nsteps:\n  - rtn: {bits: 4}\n")
     rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
     assert rc == 2 and "budget.asymmetric_bits" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("budget: {bits_per_weight: 3, estimator: repaired, awq_scaled: true}\nsteps:\n  - rtn: {bits: 4}\n")
+    rc, err = run_cli(capsys, "compress", tiny_models["llama"], "--recipe", bad, "--out", tmp_path / "o")
+    assert rc == 2 and "budget.awq_scaled" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------- repaired estimate
+
+
+def test_nearest_reference_width():
+    from tensorpress.pipeline.auto import REFERENCE_BITS, nearest_reference
+
+    cands = [QuantScheme(b, 32, True) for b in (2, 3, 4, 5, 8)]
+    assert [REFERENCE_BITS[r] for r in nearest_reference(cands)] == [3, 3, 4, 4, 4]
+
+
+def test_repaired_estimate_is_rounding_times_the_repair_at_the_nearest_reference(tiny_models, text_file):
+    """Same windows, same labels: the repaired table is the rounding table with one factor per module and
+    reference width, and AWQ + GPTQ leave less error than rounding."""
+    from tensorpress.calibration.windows import load_tokenizer
+    from tensorpress.model.architecture import build_skeleton
+    from tensorpress.model.checkpoint import open_checkpoint
+    from tensorpress.pipeline.auto import allocation_problem, measure, nearest_reference
+    from tensorpress.pipeline.plan import plan_targets
+    from tensorpress.pipeline.recipe import load_recipe
+
+    body = {**recipe(text_file, bits_per_weight=3.5), "steps": [{"awq": {}, "ignore": ["lm_head"]}, *STEPS]}
+    loss = {}
+    ckpt = open_checkpoint(tiny_models["llama"])
+    skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
+    tok = load_tokenizer(tiny_models["llama"])
+    for est in ("rtn", "repaired"):
+        rec = load_recipe({**body, "budget": {**body["budget"], "estimator": est}})
+        problem = allocation_problem(skel, ckpt, rec, plan_targets(skel, rec))
+        loss[est] = measure(problem, skel, ckpt, rec, tok, "cpu")[0]
+    ckpt.close()
+    ratios = []
+    for i, cands in enumerate(problem.module_candidates):
+        refs = nearest_reference(cands)
+        per_ref: dict[int, set[float]] = {}
+        for k, r in enumerate(refs):
+            per_ref.setdefault(r, set()).add(round(loss["repaired"][i][k] / loss["rtn"][i][k], 6))
+        assert all(len(v) == 1 for v in per_ref.values()), per_ref
+        ratios += [v.pop() for v in per_ref.values()]
+    assert len(set(ratios)) > 1
+    assert sorted(ratios)[len(ratios) // 2] < 1.0

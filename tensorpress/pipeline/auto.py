@@ -8,6 +8,7 @@
         the module's weight gradient G_w (out, in), and per candidate c its rounding error ΔW(c)
     predicted ΔKL(module, c) = ½ E_w Σ_j (ΔW_j(c) · G_wj)² / tokens   (calibration/sensitivity.py)
         × Ḡ·ē_gptq(c) / Ḡ·ē_rtn(c) with `estimator: gptq`
+        × Ḡ·ē_awq+gptq(r) / Ḡ·ē_rtn(r) with `estimator: repaired`, r the reference width nearest c's bits
     multiple-choice knapsack (pipeline/knapsack.py): one candidate per module, Σ bytes ≤ B, Σ ΔKL minimal
 
 The chosen schemes go to the quantizer (and to AWQ's search) through the per-module scheme map; the
@@ -47,6 +48,10 @@ from tensorpress.pipeline.gguf_mix import with_fallback
 from tensorpress.version import __version__
 
 SENSITIVITY = "coherent-fisher"  # the estimate's method; part of the measurement cache's key
+# `estimator: repaired` measures the recipe's repair (AWQ's scales, then GPTQ's sweep) at these bit widths;
+# a candidate takes the ratio of the nearest (on the sample: the repair leaves 2–70 % of rounding's error
+# per module, at 4 bits a median 0.87× of what it leaves at 3, so one width would not do for all)
+REFERENCE_BITS = (3, 4)
 
 
 @dataclass
@@ -265,6 +270,10 @@ def allocation_problem(skel, ckpt, rec, plan) -> Problem:
         raise TensorpressError(
             f"--target-size {budget.size}: with GGUF output give --target-bpw (GGUF types are allocated per tensor)"
         )
+    if rec.gguf is not None and budget.estimator == "repaired":
+        raise TensorpressError(
+            f"recipe '{rec.source}': budget.estimator repaired: not with GGUF output (its candidates are GGUF types)"
+        )
     step = quantizer_step(rec)
     head = skel.lm_head_name()
     names = list(plan[step.index])
@@ -335,6 +344,7 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     c = rec.calibration
     keep = math.ceil(budget.fisher_samples / c.batch_size)
     awq = awq_step(rec) if budget.awq_scaled else None
+    repair_awq = awq_step(rec) if budget.estimator == "repaired" else None  # the repair's own AWQ, if any
     # H (or its diagonal) enters only GPTQ's sweep, AWQ's scale search and GGUF grid fits; without them the
     # forward needs just the sensitivity windows (on the sample: 8 windows instead of 32, minutes saved)
     needs_h = budget.estimator != "rtn" or awq is not None or rec.gguf is not None
@@ -356,10 +366,18 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
             first = next(iter(group))  # modules sharing H share their width, so their candidates
             h, cands = stats[first], problem.module_candidates[names.index(first)]
             cols: list[torch.Tensor | None] = [None] * len(cands)
+            col_map = column_map(layer, prefix, first, names)
             if awq is not None:
-                cols = candidate_columns(group, h, cands, awq, column_map(layer, prefix, first, names))
+                cols = candidate_columns(group, h, cands, awq, col_map)
             columns.update(dict.fromkeys(group, cols))
-            if budget.estimator != "rtn":
+            if budget.estimator == "repaired":
+                refs = reference_schemes(problem.step)
+                ref_cols: list[torch.Tensor | None] = [None] * len(refs)
+                if repair_awq is not None:
+                    ref_cols = candidate_columns(group, h, refs, repair_awq, col_map)
+                errors.update(candidate_errors(group, h, refs, "gptq", problem.step.config, ref_cols))
+                rounding.update(candidate_errors(group, h, refs, "rtn", problem.step.config, [None] * len(refs)))
+            elif budget.estimator != "rtn":
                 errors.update(candidate_errors(group, h, cands, budget.estimator, problem.step.config, cols))
                 rounding.update(candidate_errors(group, h, cands, "rtn", problem.step.config, cols))
 
@@ -376,18 +394,34 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     )
     del kept, inputs
     seconds["sensitivity"] = time.perf_counter() - t
-    return predicted_loss(names, coherent, fisher, errors, rounding), tokens, seconds
+    refs = None
+    if budget.estimator == "repaired":
+        refs = [nearest_reference(problem.module_candidates[i]) for i in range(len(names))]
+    return predicted_loss(names, coherent, fisher, errors, rounding, refs), tokens, seconds
 
 
-def predicted_loss(names, coherent, fisher, errors, rounding) -> list[list[float]]:
+def reference_schemes(step) -> list[QuantScheme]:
+    """The quantizer step's own scheme at each of REFERENCE_BITS (estimator `repaired`)."""
+    own = step.config.scheme()
+    return [dataclasses.replace(own, bits=b) for b in REFERENCE_BITS]
+
+
+def nearest_reference(candidates: list[QuantScheme]) -> list[int]:
+    """Per candidate, the index in REFERENCE_BITS of the width nearest its bits (the lower on a tie)."""
+    return [min(range(len(REFERENCE_BITS)), key=lambda r: (abs(REFERENCE_BITS[r] - c.bits), r)) for c in candidates]
+
+
+def predicted_loss(names, coherent, fisher, errors, rounding, refs=None) -> list[list[float]]:
     """ΔKL[module][candidate]: the coherent estimate of the candidate's rounding error; with another
-    estimator, scaled by how much less (Fisher-weighted) error that estimator leaves than rounding."""
+    estimator, scaled by how much less (Fisher-weighted) error that estimator leaves than rounding — per
+    candidate, or (`refs`: per module, each candidate's reference index) at the candidate's reference."""
     loss = []
-    for n in names:
+    for i, n in enumerate(names):
         row = []
         for k, coh in enumerate(coherent[n]):
             if n in rounding:
-                est, rnd = float((fisher[n] * errors[n][k]).sum()), float((fisher[n] * rounding[n][k]).sum())
+                r = refs[i][k] if refs is not None else k
+                est, rnd = float((fisher[n] * errors[n][r]).sum()), float((fisher[n] * rounding[n][r]).sum())
                 coh *= est / rnd if rnd > 0 else 1.0
             row.append(coh)
         loss.append(row)

@@ -56,9 +56,11 @@ class BudgetConfig:
     bits: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])  # candidate bit widths
     group_sizes: list[int] = field(default_factory=list)  # candidate group sizes; empty: the quantizer's own
     asymmetric_bits: list[int] = field(default_factory=list)  # bit widths also offered with zero points
-    samples: int = 32  # calibration windows of the Hessians (estimator gptq, awq_scaled, GGUF output)
+    samples: int = 32  # calibration windows of the Hessians (estimators gptq/repaired, awq_scaled, GGUF output)
     fisher_samples: int = 8  # windows of the sensitivity pass (one forward + backward), whole batches
-    estimator: Literal["rtn", "gptq"] = "rtn"  # candidate error: rounding, or also GPTQ's sweep on H
+    # candidate error: rounding; or × what GPTQ's sweep leaves of it, per candidate ("gptq"), or × what the
+    # recipe's own repair (AWQ's scales, then GPTQ) leaves of it at reference bit widths ("repaired")
+    estimator: Literal["rtn", "gptq", "repaired"] = "rtn"
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
     awq_scaled: bool = False  # with an awq step: score each candidate after AWQ's scales (pipeline/auto_awq.py)
 
@@ -85,6 +87,8 @@ class BudgetConfig:
             raise ConfigError("types", f"unknown GGUF type {unknown[0]!r} (known: {', '.join(TYPES)})")
         if not isinstance(self.awq_scaled, bool):
             raise ConfigError("awq_scaled", f"must be true or false, got {self.awq_scaled!r}")
+        if self.estimator == "repaired" and self.awq_scaled:
+            raise ConfigError("awq_scaled", "estimator repaired already measures AWQ's scales; drop awq_scaled")
         for key in ("samples", "fisher_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be ≥ 1, got {getattr(self, key)}")
