@@ -375,7 +375,8 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
                 ref_cols: list[torch.Tensor | None] = [None] * len(refs)
                 if repair_awq is not None:
                     ref_cols = candidate_columns(group, h, refs, repair_awq, col_map)
-                errors.update(candidate_errors(group, h, refs, "gptq", problem.step.config, ref_cols))
+                repair = "gptq" if problem.step.name == "gptq" else "rtn"  # an rtn step repairs nothing itself
+                errors.update(candidate_errors(group, h, refs, repair, problem.step.config, ref_cols))
                 rounding.update(candidate_errors(group, h, refs, "rtn", problem.step.config, [None] * len(refs)))
             elif budget.estimator != "rtn":
                 errors.update(candidate_errors(group, h, cands, budget.estimator, problem.step.config, cols))
