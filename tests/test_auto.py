@@ -315,26 +315,34 @@ def test_nearest_reference_width():
     assert [REFERENCE_BITS[r] for r in nearest_reference(cands)] == [3, 3, 4, 4, 4]
 
 
-def test_repaired_estimate_is_rounding_times_the_repair_at_the_nearest_reference(tiny_models, text_file):
-    """Same windows, same labels: the repaired table is the rounding table with one factor per module and
-    reference width, and AWQ + GPTQ leave less error than rounding."""
+def loss_tables(model, body: dict) -> tuple[dict[str, list[list[float]]], object]:
+    """The predicted-ΔKL table of each estimator (rtn, repaired) for recipe `body`, and the problem."""
     from tensorpress.calibration.windows import load_tokenizer
     from tensorpress.model.architecture import build_skeleton
     from tensorpress.model.checkpoint import open_checkpoint
-    from tensorpress.pipeline.auto import allocation_problem, measure, nearest_reference
+    from tensorpress.pipeline.auto import allocation_problem, measure
     from tensorpress.pipeline.plan import plan_targets
     from tensorpress.pipeline.recipe import load_recipe
 
-    body = {**recipe(text_file, bits_per_weight=3.5), "steps": [{"awq": {}, "ignore": ["lm_head"]}, *STEPS]}
     loss = {}
-    ckpt = open_checkpoint(tiny_models["llama"])
+    ckpt = open_checkpoint(model)
     skel = build_skeleton(ckpt.config_dict, ckpt.reader.names())
-    tok = load_tokenizer(tiny_models["llama"])
+    tok = load_tokenizer(model)
     for est in ("rtn", "repaired"):
         rec = load_recipe({**body, "budget": {**body["budget"], "estimator": est}})
         problem = allocation_problem(skel, ckpt, rec, plan_targets(skel, rec))
         loss[est] = measure(problem, skel, ckpt, rec, tok, "cpu")[0]
     ckpt.close()
+    return loss, problem
+
+
+def test_repaired_estimate_is_rounding_times_the_repair_at_the_nearest_reference(tiny_models, text_file):
+    """Same windows, same labels: the repaired table is the rounding table with one factor per module and
+    reference width, and AWQ + GPTQ leave less error than rounding."""
+    from tensorpress.pipeline.auto import nearest_reference
+
+    body = {**recipe(text_file, bits_per_weight=3.5), "steps": [{"awq": {}, "ignore": ["lm_head"]}, *STEPS]}
+    loss, problem = loss_tables(tiny_models["llama"], body)
     ratios = []
     for i, cands in enumerate(problem.module_candidates):
         refs = nearest_reference(cands)
@@ -345,3 +353,11 @@ def test_repaired_estimate_is_rounding_times_the_repair_at_the_nearest_reference
         ratios += [v.pop() for v in per_ref.values()]
     assert len(set(ratios)) > 1
     assert sorted(ratios)[len(ratios) // 2] < 1.0
+
+
+def test_repaired_estimate_of_plain_rounding_is_rounding(tiny_models, text_file):
+    """An rtn step without awq repairs nothing: both estimators give the same table."""
+    rtn = {"rtn": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}
+    body = {**recipe(text_file, bits_per_weight=3.5), "steps": [rtn]}
+    loss, _ = loss_tables(tiny_models["llama"], body)
+    assert loss["rtn"] == pytest.approx(loss["repaired"], rel=1e-9)
