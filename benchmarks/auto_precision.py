@@ -136,6 +136,8 @@ def chart(rows: list[dict], path: Path, texts: list[str]) -> None:
             pts = [r for r in rows if r["method"].startswith(family) and "auto" not in r["method"]]
             if family == "gptq-":
                 pts = [r for r in pts if not r["method"].startswith("awq")]
+            if not pts:  # no legend entry for a family this invocation did not run
+                continue
             ax.scatter(
                 [r["bits_per_weight"] for r in pts],
                 [r["kl"][text] for r in pts],
