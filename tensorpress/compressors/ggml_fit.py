@@ -144,7 +144,7 @@ def refit_block_factors(t: GGMLType, p: BlockParams, x: torch.Tensor, h: torch.T
         return (hs * (xs - dequant(q, s, o)) ** 2).sum((-1, -2)), q
 
     e0, q = err(p)
-    a_ = (p.sc.float()[..., None] * q)  # (R, nb, nsub, sub): the d-coefficient of every weight
+    a_ = p.sc.float()[..., None] * q  # (R, nb, nsub, sub): the d-coefficient of every weight
     if t.affine:
         b_ = -p.mi.float()[..., None].expand_as(q)  # the dmin-coefficient
         A = (hs * a_ * a_).sum((-1, -2))

@@ -116,4 +116,3 @@ class GPTQ(Compressor):
                 f"succeeded at {res.dampening:g} after {res.retries} retr{'y' if res.retries == 1 else 'ies'}"
             )
         return res
-

@@ -273,5 +273,3 @@ class GGMLQuantized:
         R, n = self.codes.shape
         nb = n // self.type.block
         return pack(self.type, self.codes.reshape(R, nb, self.type.block), self.params)
-
-

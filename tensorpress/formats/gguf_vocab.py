@@ -517,4 +517,3 @@ def pad_tokenizer_kv(kv: dict[str, Any], n_vocab: int) -> dict[str, Any]:
     if _T.SCORES in kv:
         kv[_T.SCORES] = list(kv[_T.SCORES]) + [-1000.0] * len(missing)
     return kv
-
