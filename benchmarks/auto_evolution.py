@@ -35,6 +35,7 @@ from auto_precision import base_reference, methods, novel_text
 
 import tensorpress
 from tensorpress.calibration.windows import calibration_windows, eval_windows, load_tokenizer
+from tensorpress.evaluation.metrics import compare_window
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import open_checkpoint
 from tensorpress.model.sample import ensure_sample
@@ -95,10 +96,10 @@ def effective_weights(base, folder: Path, names: list[str]) -> dict[str, torch.T
 
 
 def window_kl(model, ids: torch.Tensor, base_logp: torch.Tensor) -> float:
-    """Mean per-token KL(base ‖ model) of one window; base_logp (L-1, V)."""
+    """Mean per-token KL(base ‖ model) of one window (L,); base_logp (L-1, V)."""
     with torch.no_grad():
-        lp = torch.log_softmax(model(ids[None]).logits[0, :-1].float(), -1)
-    return float((base_logp.exp() * (base_logp - lp)).sum(-1).mean())
+        kl, _agree = compare_window(base_logp[None], model(ids[None]).logits.float())
+    return kl / base_logp.shape[0]
 
 
 def main() -> None:
@@ -177,14 +178,14 @@ def main() -> None:
 
     texts = {"kjv:eval": "kjv:eval", "botchan": str(novel_text())}
     print(f"\n| allocation ({args.target:g} bits/weight, g64 levels) | KL kjv:eval | KL botchan |\n|---|---|---|")
+    tokens = {k: eval_windows(text, tok, args.windows, 512) for k, text in texts.items()}
+    refs = {k: base_reference(sample.model, tokens[k], args.work / f"base-{k.replace(':', '-')}.npy") for k in texts}
     table = {}
     for label, levels in (("uniform w3 (stitched)", [1] * len(names)), ("knapsack start", start), ("evolved", parent)):
+        use(levels)
         kl = {}
-        for k, text in texts.items():
-            tokens = eval_windows(text, tok, args.windows, 512)
-            ref = base_reference(sample.model, tokens, args.work / f"base-{k.replace(':', '-')}.npy")
-            use(levels)
-            kl[k] = sum(window_kl(base, tokens[i], ref.logp(i, i + 1)[0]) for i in range(len(tokens))) / len(tokens)
+        for k, ids in tokens.items():
+            kl[k] = sum(window_kl(base, ids[i], refs[k].logp(i, i + 1)[0]) for i in range(len(ids))) / len(ids)
         table[label] = kl
         u = table["uniform w3 (stitched)"]
         print(f"| {label} | {kl['kjv:eval']:.4f} ({kl['kjv:eval'] / u['kjv:eval']:.3f}×) "

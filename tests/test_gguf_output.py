@@ -252,6 +252,9 @@ def test_auto_precision_gguf_recipe_errors(models, text_file, tmp_path):
         tensorpress.compress(models["llama256"], {**base, "gguf": {}, "budget": {"size": "1MB"}}, tmp_path / "a")
     with pytest.raises(TensorpressError, match=r"--target-size 1MB: with GGUF output give --target-bpw"):
         tensorpress.compress(models["llama256"], {**base, "gguf": {}}, tmp_path / "t", target_size="1MB")
+    with pytest.raises(TensorpressError, match=r"budget\.estimator: repaired is not for GGUF output"):
+        recipe = {**base, "gguf": {}, "budget": {"estimator": "repaired", "bits_per_weight": 4}}
+        tensorpress.compress(models["llama256"], recipe, tmp_path / "r")
     with pytest.raises(TensorpressError, match=r"budget\.types: GGUF types are candidates only with GGUF output"):
         tensorpress.compress(models["llama256"], {**base, "budget": {"types": ["Q4_K"]}}, tmp_path / "b")
     with pytest.raises(TensorpressError, match=r"budget\.types: unknown GGUF type 'Q9_K'"):

@@ -270,10 +270,6 @@ def allocation_problem(skel, ckpt, rec, plan) -> Problem:
         raise TensorpressError(
             f"--target-size {budget.size}: with GGUF output give --target-bpw (GGUF types are allocated per tensor)"
         )
-    if rec.gguf is not None and budget.estimator == "repaired":
-        raise TensorpressError(
-            f"recipe '{rec.source}': budget.estimator repaired: not with GGUF output (its candidates are GGUF types)"
-        )
     step = quantizer_step(rec)
     head = skel.lm_head_name()
     names = list(plan[step.index])
@@ -345,6 +341,8 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     keep = math.ceil(budget.fisher_samples / c.batch_size)
     awq = awq_step(rec) if budget.awq_scaled else None
     repair_awq = awq_step(rec) if budget.estimator == "repaired" else None  # the repair's own AWQ, if any
+    refs = reference_schemes(problem.step)  # estimator repaired: its reference widths
+    repair = "gptq" if problem.step.name == "gptq" else "rtn"  # an rtn step repairs nothing itself
     # H (or its diagonal) enters only GPTQ's sweep, AWQ's scale search and GGUF grid fits; without them the
     # forward needs just the sensitivity windows (on the sample: 8 windows instead of 32, minutes saved)
     needs_h = budget.estimator != "rtn" or awq is not None or rec.gguf is not None
@@ -371,11 +369,9 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
                 cols = candidate_columns(group, h, cands, awq, col_map)
             columns.update(dict.fromkeys(group, cols))
             if budget.estimator == "repaired":
-                refs = reference_schemes(problem.step)
                 ref_cols: list[torch.Tensor | None] = [None] * len(refs)
                 if repair_awq is not None:
                     ref_cols = candidate_columns(group, h, refs, repair_awq, col_map)
-                repair = "gptq" if problem.step.name == "gptq" else "rtn"  # an rtn step repairs nothing itself
                 errors.update(candidate_errors(group, h, refs, repair, problem.step.config, ref_cols))
                 rounding.update(candidate_errors(group, h, refs, "rtn", problem.step.config, [None] * len(refs)))
             elif budget.estimator != "rtn":
@@ -395,10 +391,8 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     )
     del kept, inputs
     seconds["sensitivity"] = time.perf_counter() - t
-    refs = None
-    if budget.estimator == "repaired":
-        refs = [nearest_reference(problem.module_candidates[i]) for i in range(len(names))]
-    return predicted_loss(names, coherent, fisher, errors, rounding, refs), tokens, seconds
+    nearest = [nearest_reference(c) for c in problem.module_candidates] if budget.estimator == "repaired" else None
+    return predicted_loss(names, coherent, fisher, errors, rounding, nearest), tokens, seconds
 
 
 def reference_schemes(step) -> list[QuantScheme]:

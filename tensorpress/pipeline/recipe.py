@@ -216,6 +216,8 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     name, description = str(raw.get("name") or ""), str(raw.get("description") or "")
     if gguf is not None and budget is not None and budget.size is not None:
         raise fail("budget.size", "with GGUF output give bits_per_weight (--target-bpw): GGUF types are allocated")
+    if gguf is not None and budget is not None and budget.estimator == "repaired":
+        raise fail("budget.estimator", "repaired is not for GGUF output (its candidates are GGUF types): use rtn")
     if gguf is None and budget is not None and budget.types:
         raise fail("budget.types", "GGUF types are candidates only with GGUF output (a gguf: section)")
     recipe = Recipe(source, calibration, steps, name, description, budget, gguf)
