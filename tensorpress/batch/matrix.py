@@ -3,7 +3,7 @@
 ```yaml
 models: [PATH_OR_ID, ...]
 recipes: [rtn-w4g64, PATH.yaml, ...]     # shipped names or files (relative to the matrix file)
-eval: {text: kjv:eval, windows: 48, seqlen: 512}
+eval: {text: kjv:eval, windows: 48, seqlen: 512}   # text: one spec or a list of them
 gates:                                   # optional
   - {metric: ppl_increase_pct, max: 30}
 ```
@@ -44,11 +44,19 @@ GATE_METRICS = (
 
 @dataclass
 class EvalSpec:
-    text: str = "kjv:eval"
+    text: str | list = "kjv:eval"  # one text spec, or a list (a summary row per text; gates check each)
     windows: int = 48
     seqlen: int = 512
 
+    @property
+    def texts(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
     def validate(self) -> None:
+        if not self.texts or not all(isinstance(t, str) and t.strip() for t in self.texts):
+            raise ConfigError("text", f"must be a text spec or a non-empty list of them, got {self.text!r}")
+        if len(set(self.texts)) != len(self.texts):
+            raise ConfigError("text", "lists a text twice")
         if self.windows < 1:
             raise ConfigError("windows", f"must be ≥ 1, got {self.windows}")
         if self.seqlen < 2:

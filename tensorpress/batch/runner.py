@@ -60,7 +60,7 @@ def batch_inputs(matrix: Matrix) -> list[Path]:
     """What a batch reads: the matrix file, its recipe files, local models and a text file."""
     folder = Path(matrix.source).parent
     recipes = [folder / r.spec if (folder / r.spec).is_file() else r.spec for r in matrix.recipes]
-    return input_paths(matrix.source, *matrix.models, *recipes, matrix.eval.text)
+    return input_paths(matrix.source, *matrix.models, *recipes, *matrix.eval.texts)
 
 
 def _run_into(matrix: Matrix, out: Path, shard: tuple[int, int] | None, device: str, progress: Progress) -> dict:
@@ -118,8 +118,8 @@ def _run_groups(matrix: Matrix, runs: list[RunSpec], out: Path, device, progress
                 else:
                     progress.log(f"{tag}: FAILED: {rec['error']}")
         finally:
-            if base is not None:
-                base.close()
+            for reference in (base or {}).values():
+                reference.close()
 
 
 def finished(out: Path, run: RunSpec) -> dict | None:
@@ -134,7 +134,8 @@ def finished(out: Path, run: RunSpec) -> dict | None:
     return rec
 
 
-def _base_reference(matrix: Matrix, model: str, out: Path, device: str, progress: Progress):
+def _base_reference(matrix: Matrix, model: str, out: Path, device: str, progress: Progress) -> dict:
+    """Per eval text, the base model's log-probs on its windows (written once, read back by every run)."""
     from tensorpress.calibration.windows import eval_windows, load_tokenizer
     from tensorpress.evaluation.metrics import BaseReference
     from tensorpress.model.checkpoint import resolve_folder
@@ -142,9 +143,14 @@ def _base_reference(matrix: Matrix, model: str, out: Path, device: str, progress
     folder = resolve_folder(model)
     tokenizer = load_tokenizer(folder)
     ev = matrix.eval
-    tokens = eval_windows(ev.text, tokenizer, ev.windows, ev.seqlen)
-    path = out / ".base" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.npy"
-    return BaseReference.compute(folder, tokens, path, device=device, progress=progress, tokenizer=tokenizer)
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    refs = {}
+    for i, text in enumerate(ev.texts):
+        tokens = eval_windows(text, tokenizer, ev.windows, ev.seqlen)
+        path = out / ".base" / f"{key}-{i}.npy"
+        conts = tokenizer if i == 0 else None  # the continuations are the model's, not the text's: once
+        refs[text] = BaseReference.compute(folder, tokens, path, device=device, progress=progress, tokenizer=conts)
+    return refs
 
 
 def _run_one(matrix, run: RunSpec, out: Path, base, base_error, device: str, progress: Progress) -> dict:
@@ -171,7 +177,7 @@ def _run_one(matrix, run: RunSpec, out: Path, base, base_error, device: str, pro
             run.model,
             run.recipe.recipe,
             folder,
-            eval_text=matrix.eval.text,
+            eval_text=matrix.eval.texts,
             windows=matrix.eval.windows,
             seqlen=matrix.eval.seqlen,
             device=device,

@@ -19,23 +19,35 @@ TABLE_HEADER = ["model", "recipe", "ppl", "Δppl %", "KL", "top-1", "bits/weight
 SECONDS_COLUMN = TABLE_HEADER.index("seconds")
 # The report metrics a summary row keeps: every gateable metric but the run time (kept separately).
 METRIC_KEYS = tuple(m for m in GATE_METRICS if m != "seconds")
+# Metrics measured on an eval text (one value per text); the others are the checkpoint's own.
+TEXT_METRICS = ("ppl", "ppl_base", "ppl_increase_pct", "kl", "top1_agreement")
+TEXT_HEADER = ["model", "recipe", "text", "base ppl", "ppl", "Δppl %", "KL", "top-1"]
 
 
 def run_metrics(report: dict, seconds: float) -> dict:
-    """What a summary keeps of a run's report.json (and what gates test)."""
+    """What a summary keeps of a run's report.json (and what gates test): the first eval text's metrics
+    at the top, every text's under "texts"."""
     m = {k: report.get(k) for k in METRIC_KEYS}
     m["seconds"] = round(seconds, 3)
+    m["texts"] = [{k: t.get(k) for k in ("text", *TEXT_METRICS)} for t in report.get("texts") or []]
     return m
 
 
 def evaluate_gates(gates: list[dict], run: dict) -> list[dict]:
-    """[{name, metric, passed, value, message}] of every gate on one finished run."""
+    """[{name, metric, passed, value, message}] of every gate on one finished run; a quality gate is
+    checked on every eval text (named in the gate when there are several)."""
     out = []
+    metrics = run.get("metrics") or {}
+    texts = metrics.get("texts") or []
     for raw in gates:
         gate = Gate(raw["metric"], raw.get("max"), raw.get("min"))
-        value = (run.get("metrics") or {}).get(gate.metric)
-        passed, message = gate.check(value)
-        out.append({"name": gate.name, "metric": gate.metric, "value": value, "passed": passed, "message": message})
+        if gate.metric in TEXT_METRICS and len(texts) > 1:
+            checks = [(f"{gate.name} on {t['text']}", t.get(gate.metric)) for t in texts]
+        else:
+            checks = [(gate.name, metrics.get(gate.metric))]
+        for name, value in checks:
+            passed, message = gate.check(value)
+            out.append({"name": name, "metric": gate.metric, "value": value, "passed": passed, "message": message})
     return out
 
 
@@ -96,15 +108,60 @@ def table_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def text_rows(summary: dict) -> list[list[str]]:
+    """The per-text table (TEXT_HEADER columns): one row per run and eval text, when there are several texts."""
+    rows = []
+    for run in summary["runs"]:
+        texts = (run.get("metrics") or {}).get("texts") or []
+        if len(texts) < 2:
+            continue
+        for t in texts:
+            pct, top1 = t.get("ppl_increase_pct"), t.get("top1_agreement")
+            rows.append(
+                [
+                    run["model_label"],
+                    run["recipe_label"],
+                    t["text"],
+                    _f(t.get("ppl_base"), ".4f"),
+                    _f(t.get("ppl"), ".4f"),
+                    "—" if pct is None else f"{pct:+.2f}",
+                    _f(t.get("kl"), ".4f"),
+                    "—" if top1 is None else f"{top1:.2%}",
+                ]
+            )
+    return rows
+
+
+def text_points(summary: dict) -> list[tuple[str, str, float | None]]:
+    """(run, text, KL) of every run evaluated on several texts: the per-text chart's bars."""
+    return [
+        (f"{run['model_label']} × {run['recipe_label']}", t["text"], t.get("kl"))
+        for run in summary["runs"]
+        for t in (run.get("metrics") or {}).get("texts") or []
+        if len((run.get("metrics") or {}).get("texts") or []) > 1
+    ]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows],
+    ]
+
+
 def render_markdown(summary: dict) -> str:
     lines = ["# tensorpress batch summary", ""]
     ev = summary["matrix"]["eval"]
+    texts = ", ".join(f"`{t}`" for t in ([ev["text"]] if isinstance(ev["text"], str) else ev["text"]))
     lines.append(
         f"{len(summary['runs'])} of {summary['runs_in_matrix']} run(s); eval {ev['windows']}×{ev['seqlen']} tokens"
-        f" of `{ev['text']}`" + (f"; shards {', '.join(summary['shards'])}" if summary.get("shards") else "")
+        f" of {texts}" + (f"; shards {', '.join(summary['shards'])}" if summary.get("shards") else "")
     )
-    lines += ["", "| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in table_rows(summary)]
+    lines += ["", *_md_table(TABLE_HEADER, table_rows(summary))]
+    per_text = text_rows(summary)
+    if per_text:
+        lines += ["", "## Per evaluation text", "", *_md_table(TEXT_HEADER, per_text)]
     failing = [(r, g) for r in summary["runs"] for g in r["gates"] if not g["passed"]]
     errors = [r for r in summary["runs"] if r["status"] != "ok"]
     if summary["matrix"].get("gates"):
@@ -198,6 +255,17 @@ def render_summary_html(summary: dict) -> str:
         + (f", {len(summary['missing_runs'])} run(s) missing" if summary.get("missing_runs") else "")
     )
     body = section("summary", "Summary", [f"<p><strong>{escape(verdict)}</strong></p>", runs])
+    per_text = text_rows(summary)
+    if per_text:
+        cells = [[escape(c) for c in row] for row in per_text]
+        body += section(
+            "texts",
+            "Per evaluation text",
+            [
+                img(charts.text_kl_chart(text_points(summary)), "KL per evaluation text"),
+                table(TEXT_HEADER, cells, numeric=set(range(3, len(TEXT_HEADER))), cls="summary"),
+            ],
+        )
     points = [
         {**(run.get("metrics") or {}), "model": run["model_label"], "recipe": run["recipe_label"]}
         for run in summary["runs"]

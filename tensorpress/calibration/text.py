@@ -2,23 +2,48 @@
 
 - a file path (UTF-8 text)
 - `kjv:calib` / `kjv:eval`: the Old / New Testament of the offline sample
+- `mix` / `mix:DOMAIN`: the shipped general calibration mix (calibration/mix.py), or one domain of it
 - `hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]]` and `wikitext2`: through the `datasets` package, where it is
   installed and the network allows
+
+`text_parts` is what calibration and evaluation tokenize: a mix comes apart into its weighted source
+texts, with conversations rendered by the model's own chat template.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.inputs import read_text_file
 
 MAX_TEXT_BYTES = 4 << 30  # tokenizing more than this would not fit in memory anyway
+DEFAULT_CALIBRATION = "mix"  # what a recipe calibrates on unless it names its texts
 ALIASES = {"wikitext2": "hf:wikitext:wikitext-2-raw-v1:test:text"}
 
 
+@dataclass(frozen=True)
+class TextPart:
+    name: str  # for messages and manifests: the spec, or mix:DOMAIN/SOURCE
+    text: str
+    weight: float = 1.0  # share of calibration windows before normalization
+
+
+def text_parts(spec: str, tokenizer=None) -> list[TextPart]:
+    """The texts one spec stands for: a plain text is one part, the mix one part per source text."""
+    if spec == "mix" or spec.startswith("mix:"):
+        from tensorpress.calibration.mix import mix_parts
+
+        return mix_parts(spec, tokenizer)
+    return [TextPart(spec, read_text(spec))]
+
+
 def read_text(spec: str) -> str:
+    """One spec as plain text (a mix's conversations in a plain `role: text` rendering)."""
     spec = ALIASES.get(spec, spec)
+    if spec == "mix" or spec.startswith("mix:"):
+        return "\n\n".join(p.text for p in text_parts(spec))
     if spec in ("kjv:calib", "kjv:eval"):
         from tensorpress.model.sample import ensure_texts
 
@@ -30,7 +55,9 @@ def read_text(spec: str) -> str:
         return _hf_text(spec)
     path = Path(spec).expanduser()
     if not (path.exists() or path.is_symlink()):
-        raise TensorpressError(f"text '{spec}': no such file (or use kjv:calib, kjv:eval, hf:DATASET, wikitext2)")
+        raise TensorpressError(
+            f"text '{spec}': no such file (or use mix, mix:DOMAIN, kjv:calib, kjv:eval, hf:DATASET, wikitext2)"
+        )
     # A FIFO or device is refused by its type (it would block or never end); binary and UTF-16 are named.
     return read_text_file(path, "text", MAX_TEXT_BYTES)
 

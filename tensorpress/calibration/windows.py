@@ -1,13 +1,17 @@
-"""Token windows: random windows for calibration, consecutive windows for evaluation."""
+"""Token windows: random windows for calibration (drawn from one or several weighted texts), consecutive
+windows for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from tensorpress.calibration.text import read_text
+from tensorpress.calibration.text import TextPart, text_parts
 from tensorpress.errors import TensorpressError
+
+Sources = Sequence[tuple[str, float]]  # (text spec, weight): what a recipe's `calibration` resolves to
 
 
 def load_tokenizer(folder: Path):
@@ -25,21 +29,59 @@ def tokenize(text: str, tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_windows(spec: str, tokenizer, samples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """`samples` windows of `seqlen` tokens at seeded random offsets (as in the GPTQ papers). (S, L)."""
-    ids = tokenize(read_text(spec), tokenizer)
-    if ids.numel() <= seqlen:
-        raise TensorpressError(f"text '{spec}': {ids.numel()} tokens, too short for calibration windows of {seqlen}")
+def weighted_parts(sources: Sources, tokenizer) -> list[TextPart]:
+    """Every source expanded into its parts (a mix gives one per source text), weights multiplied out
+    and normalized to sum 1."""
+    parts: list[TextPart] = []
+    for spec, weight in sources:
+        for part in text_parts(spec, tokenizer):
+            parts.append(TextPart(part.name, part.text, part.weight * weight))
+    total = sum(p.weight for p in parts)
+    return [TextPart(p.name, p.text, p.weight / total) for p in parts]
+
+
+def allocate_samples(weights: Sequence[float], samples: int) -> list[int]:
+    """Split `samples` windows over parts in proportion to `weights` (largest remainder; sums exactly)."""
+    exact = [w * samples for w in weights]
+    counts = [int(e) for e in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: samples - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def calibration_windows(sources: Sources | str, tokenizer, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """`samples` windows of `seqlen` tokens at seeded random offsets (as in the GPTQ papers). (S, L).
+
+    Several sources (or a mix) share the windows in proportion to their weights, each part's windows
+    drawn from its own token stream, then shuffled together so that any prefix of the windows (AWQ's
+    search samples, a sensitivity pass) sees every part. One plain text draws exactly as it always has."""
+    if isinstance(sources, str):
+        sources = [(sources, 1.0)]
+    parts = weighted_parts(sources, tokenizer)
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen + 1, (samples,), generator=g)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    windows = []
+    for part, count in zip(parts, allocate_samples([p.weight for p in parts], samples), strict=True):
+        ids = tokenize(part.text, tokenizer)
+        if ids.numel() <= seqlen:
+            raise TensorpressError(
+                f"text '{part.name}': {ids.numel()} tokens, too short for calibration windows of {seqlen}"
+            )
+        if count == 0:
+            continue
+        starts = torch.randint(0, ids.numel() - seqlen + 1, (count,), generator=g)
+        windows += [ids[s : s + seqlen] for s in starts.tolist()]
+    out = torch.stack(windows)
+    if len(parts) > 1:
+        out = out[torch.randperm(len(out), generator=g)]
+    return out
 
 
 def eval_windows(spec: str, tokenizer, windows: int, seqlen: int) -> torch.Tensor:
     """The first `windows` non-overlapping windows of `seqlen` tokens. (W, L)."""
     if windows < 1 or seqlen < 2:
         raise TensorpressError(f"evaluation needs windows ≥ 1 and seqlen ≥ 2 (got {windows}, {seqlen})")
-    ids = tokenize(read_text(spec), tokenizer)
+    ids = tokenize("\n\n".join(p.text for p in text_parts(spec, tokenizer)), tokenizer)
     need = windows * seqlen
     if ids.numel() < need:
         raise TensorpressError(

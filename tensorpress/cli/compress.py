@@ -35,7 +35,8 @@ def compress_cmd(
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe.")],
     out: OutDir,
     eval_text: Annotated[
-        str | None, typer.Option("--eval", help="Evaluate on this text afterwards (e.g. kjv:eval); writes report.*")
+        list[str] | None,
+        typer.Option("--eval", help="Evaluate on this text afterwards (e.g. kjv:eval; repeat for several): report.*"),
     ] = None,
     windows: Windows = 48,
     seqlen: Seqlen = 512,
@@ -81,5 +82,10 @@ def compress_cmd(
             f"top-1 {r['top1_agreement']:.2%}, {r['bits_per_weight'] or 0:.3f} bits/weight, "
             f"{r['size_bytes_base'] / 2**20:.1f} → {r['size_bytes'] / 2**20:.1f} MiB"
         )
+        for t in r["texts"][1:]:
+            typer.echo(
+                f"  {t['text']}: ppl {t['ppl_base']:.3f} → {t['ppl']:.3f} ({t['ppl_increase_pct']:+.2f}%), "
+                f"KL {t['kl']:.4f}, top-1 {t['top1_agreement']:.2%}"
+            )
         typer.echo(f"report: {result.out / 'report.md'}")
     typer.echo(f"wrote {result.out}")

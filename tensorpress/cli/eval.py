@@ -15,7 +15,7 @@ from tensorpress.cli.options import (
     OutputFormat,
     Quiet,
     Seqlen,
-    TextSpec,
+    TextSpecs,
     Windows,
     progress_for,
 )
@@ -27,7 +27,7 @@ still where it was.
 
 Example:
 
-    tensorpress eval out --text kjv:eval --windows 48 --seqlen 512 --format json
+    tensorpress eval out --text kjv:eval --text novel.txt --windows 48 --seqlen 512 --format json
 """
 
 
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 def eval_cmd(
     model: ModelArg,
     base: Annotated[str | None, typer.Option(help="Base model to compare with (folder, .gguf or hub id).")] = None,
-    text: TextSpec = "kjv:eval",
+    text: TextSpecs = None,
     windows: Windows = 48,
     seqlen: Seqlen = 512,
     device: Device = "cpu",
@@ -55,10 +55,11 @@ def eval_cmd(
         recorded = recorded_base(model)
         if recorded and Path(recorded).is_dir():
             base = recorded
+    texts = text or ["kjv:eval"]  # the sample's evaluation text
     metrics = evaluate(
         model,
         base,
-        text,
+        texts,
         windows,
         seqlen,
         device,
@@ -69,10 +70,8 @@ def eval_cmd(
     if format == OutputFormat.json:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    line = f"ppl {metrics['ppl']:.4f} on {metrics['tokens']} tokens of {text}"
-    if "ppl_base" in metrics:
-        line += (
-            f"; base ppl {metrics['ppl_base']:.4f}, KL {metrics['kl']:.4f}, "
-            f"top-1 agreement {metrics['top1_agreement']:.2%}"
-        )
-    typer.echo(line)
+    for m in metrics["texts"]:
+        line = f"ppl {m['ppl']:.4f} on {m['tokens']} tokens of {m['text']}"
+        if "ppl_base" in m:
+            line += f"; base ppl {m['ppl_base']:.4f}, KL {m['kl']:.4f}, top-1 agreement {m['top1_agreement']:.2%}"
+        typer.echo(line)

@@ -41,10 +41,8 @@ AllowLongContext = Annotated[
 Format = Annotated[OutputFormat, typer.Option("--format", help="text for people, json for scripts.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
 ModelArg = Annotated[str, typer.Argument(help="HF checkpoint folder, .gguf file, or hub id.")]
-TextSpec = Annotated[
-    str,
-    typer.Option(help="A text file, kjv:calib, kjv:eval, hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]] or wikitext2."),
-]
+TEXT_HELP = "a text file, mix, mix:DOMAIN, kjv:calib, kjv:eval, hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]] or wikitext2"
+TextSpecs = Annotated[list[str] | None, typer.Option("--text", help=f"Text(s), repeat for several: {TEXT_HELP}.")]
 
 
 def progress_for(quiet: bool):

@@ -97,6 +97,30 @@ def component_chart(components: dict[str, int], base_bytes: int | None = None) -
     return _png_uri(fig)
 
 
+def text_kl_chart(points: list[tuple[str, str, float | None]]) -> str | None:
+    """KL per evaluation text, one bar per series (a run) within each text's group; points are
+    (series, text, KL). Where a person compares texts at a glance rather than reading a table."""
+    points = [(s, t, k) for s, t, k in points if k is not None]
+    if not points:
+        return None
+    plt = _plt()
+    texts = list(dict.fromkeys(t for _, t, _ in points))
+    series = list(dict.fromkeys(s for s, _, _ in points))
+    value = {(s, t): k for s, t, k in points}
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.35 * len(texts) * max(1, len(series) / 2)))
+    for j, name in enumerate(series):
+        ys = [i + j * width for i, t in enumerate(texts) if (name, t) in value]
+        ax.barh(ys, [value[name, t] for t in texts if (name, t) in value], height=width, label=name)
+    ax.set_yticks([i + 0.4 - width / 2 for i in range(len(texts))], texts, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("KL(base ‖ compressed) per token")
+    ax.set_title("KL per evaluation text")
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="lower right")
+    return _png_uri(fig)
+
+
 def quality_size_chart(rows: list[dict]) -> str | None:
     """bits/weight against ppl and against KL, one point per run, a Pareto front per model.
 

@@ -100,6 +100,28 @@ def render_report_html(r: dict) -> str:
             f"tensorpress {escape(str(r.get('tensorpress_version')))}.</p>",
         ],
     )
+    texts = r.get("texts") or []
+    if len(texts) > 1:
+        rows = [
+            [
+                f"<code>{escape(str(t['text']))}</code>",
+                num(t.get("ppl_base")),
+                num(t.get("ppl")),
+                "—" if t.get("ppl_increase_pct") is None else f"{t['ppl_increase_pct']:+.2f} %",
+                num(t.get("kl")),
+                "—" if t.get("top1_agreement") is None else f"{t['top1_agreement']:.2%}",
+            ]
+            for t in texts
+        ]
+        chart = charts.text_kl_chart([(recipe_name, str(t["text"]), t.get("kl")) for t in texts])
+        body += section(
+            "texts",
+            "Per evaluation text",
+            [
+                img(chart, "KL per evaluation text"),
+                table(["text", "base ppl", "ppl", "Δppl", "KL", "top-1"], rows, numeric={1, 2, 3, 4, 5}),
+            ],
+        )
     errors, what = charts.layer_errors(r)
     body += section(
         "layer-error",

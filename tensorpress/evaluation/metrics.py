@@ -41,38 +41,84 @@ def evaluate_tokens(
     tokenizer=None,
     allow_long_context: bool = False,
 ) -> dict:
-    """Evaluate `model` (and `base`, when given) on token windows (W, L).
+    """Evaluate `model` (and `base`, when given) on token windows (W, L): `evaluate_texts` of one text."""
+    bases = {"": base} if isinstance(base, BaseReference) else None
+    base_model = None if isinstance(base, BaseReference) else base
+    out = evaluate_texts(
+        model, base_model, {"": tokens}, device, progress, batch, tokenizer, allow_long_context, bases=bases
+    )
+    out.pop("texts")
+    out.pop("text")
+    return out
 
-    `base` is a checkpoint (run alongside, window by window) or a `BaseReference` computed once
-    earlier on the same windows (a batch evaluates many compressed models against one base).
-    With `tokenizer`, greedy continuations of the fixed prompts are added (`continuations`).
+
+def evaluate_texts(
+    model: str | Path,
+    base: str | Path | None,
+    tokens: dict[str, torch.Tensor],
+    device: str = "cpu",
+    progress: Progress | None = None,
+    batch: int = 1,
+    tokenizer=None,
+    allow_long_context: bool = False,
+    bases: dict[str, BaseReference] | None = None,
+) -> dict:
+    """Evaluate `model` against a base on the windows (W, L) of each text, loading each model once.
+
+    The base is a checkpoint run alongside (window by window), or `bases`: per text a `BaseReference`
+    computed once earlier on the same windows (a batch evaluates many compressed models against one base).
+    Returns the first text's metrics at the top level (what gates and summaries read) and every text's
+    under "texts". With `tokenizer`, greedy continuations of the fixed prompts are added (`continuations`).
     """
     progress = progress or Progress()
     comp = load(model, device=device)
     vocab = comp.config.vocab_size
     limit = getattr(comp.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and tokens.shape[1] > limit and not allow_long_context:
-        raise TensorpressError(
-            f"--seqlen {tokens.shape[1]}: longer than the model's max_position_embeddings ({limit}); "
-            "pass --allow-long-context to evaluate anyway"
-        )
-    if int(tokens.max()) >= vocab:
-        raise TensorpressError(f"evaluation text has token ids ≥ the model's vocab size {vocab}")
-    if isinstance(base, BaseReference):
-        base.check_tokens(tokens)
-        ref = None
-    else:
-        ref = load(base, device=device) if base is not None else None
-        if ref is not None and ref.config.vocab_size != vocab:
+    for ids in tokens.values():
+        if isinstance(limit, int) and ids.shape[1] > limit and not allow_long_context:
             raise TensorpressError(
-                f"--base {base}: a vocabulary of {ref.config.vocab_size} tokens, but {model} has {vocab}; "
-                "KL and top-1 agreement need the same vocabulary"
+                f"--seqlen {ids.shape[1]}: longer than the model's max_position_embeddings ({limit}); "
+                "pass --allow-long-context to evaluate anyway"
             )
-    has_base = base is not None
+        if int(ids.max()) >= vocab:
+            raise TensorpressError(f"evaluation text has token ids ≥ the model's vocab size {vocab}")
+    ref = load(base, device=device) if base is not None and bases is None else None
+    if ref is not None and ref.config.vocab_size != vocab:
+        raise TensorpressError(
+            f"--base {base}: a vocabulary of {ref.config.vocab_size} tokens, but {model} has {vocab}; "
+            "KL and top-1 agreement need the same vocabulary"
+        )
+    texts = []
+    for text, ids in tokens.items():
+        reference = bases[text] if bases is not None else None
+        if reference is not None:
+            reference.check_tokens(ids)
+        label = f"eval windows ({text})" if len(tokens) > 1 else "eval windows"
+        texts.append({"text": text, **_score(comp, ref, reference, ids, device, progress, batch, label)})
+    out = {**texts[0], "texts": texts}
+    if tokenizer is not None:
+        from tensorpress.evaluation.continuations import continuation_table, greedy_continuations
+
+        ours = greedy_continuations(comp, tokenizer, device=device)
+        first = next(iter(bases.values())) if bases else None
+        if first is not None:
+            theirs = first.continuations
+        elif ref is not None:
+            theirs = greedy_continuations(ref, tokenizer, device=device)
+        else:
+            theirs = None
+        out["continuations"] = continuation_table(ours, theirs)
+    return out
+
+
+def _score(comp, ref, reference: BaseReference | None, tokens: torch.Tensor, device, progress, batch, label) -> dict:
+    """ppl of `comp` on the windows, and against the base (a model `ref` or a stored `reference`) its
+    base ppl, KL and top-1 agreement."""
+    has_base = ref is not None or reference is not None
     nll_c = nll_b = kl_sum = 0.0
     agree = n = 0
     starts = range(0, len(tokens), batch)
-    for start in progress.track(starts, "eval windows", total=len(starts)):
+    for start in progress.track(starts, label, total=len(starts)):
         ids = tokens[start : start + batch].to(device)
         lc = _logits(comp, ids)
         s, k = window_stats(lc, ids)
@@ -82,7 +128,7 @@ def evaluate_tokens(
             if ref is not None:
                 logp_b = F.log_softmax(_logits(ref, ids)[:, :-1], dim=-1)
             else:
-                logp_b = base.logp(start, start + len(ids)).to(device)
+                logp_b = reference.logp(start, start + len(ids)).to(device)
             nll_b += token_nll(logp_b, ids)
             kl, top1 = compare_window(logp_b, lc)
             kl_sum += kl
@@ -90,17 +136,6 @@ def evaluate_tokens(
     out = {"ppl": math.exp(nll_c / n), "tokens": n, "windows": len(tokens), "seqlen": tokens.shape[1]}
     if has_base:
         out.update(ppl_base=math.exp(nll_b / n), kl=kl_sum / n, top1_agreement=agree / n)
-    if tokenizer is not None:
-        from tensorpress.evaluation.continuations import continuation_table, greedy_continuations
-
-        ours = greedy_continuations(comp, tokenizer, device=device)
-        if isinstance(base, BaseReference):
-            theirs = base.continuations
-        elif ref is not None:
-            theirs = greedy_continuations(ref, tokenizer, device=device)
-        else:
-            theirs = None
-        out["continuations"] = continuation_table(ours, theirs)
     return out
 
 
@@ -188,25 +223,20 @@ class BaseReference:
 def evaluate(
     model: str | Path,
     base: str | Path | None = None,
-    text: str = "kjv:eval",
+    text: str | list[str] = "kjv:eval",
     windows: int = 48,
     seqlen: int = 512,
     device: str = "cpu",
     progress: Progress | None = None,
     allow_long_context: bool = False,
 ) -> dict:
-    """Evaluate a checkpoint folder; `base` defaults to none (ppl only)."""
-    folder = Path(model)
+    """Evaluate a checkpoint folder on one text or several; `base` defaults to none (ppl only)."""
     from tensorpress.model.checkpoint import resolve_folder
 
     folder = resolve_folder(str(model))
     tokenizer = load_tokenizer(folder)
-    tokens = eval_windows(text, tokenizer, windows, seqlen)
-    metrics = evaluate_tokens(
-        folder, base, tokens, device=device, progress=progress, allow_long_context=allow_long_context
-    )
-    metrics["text"] = text
-    return metrics
+    tokens = {t: eval_windows(t, tokenizer, windows, seqlen) for t in ([text] if isinstance(text, str) else text)}
+    return evaluate_texts(folder, base, tokens, device=device, progress=progress, allow_long_context=allow_long_context)
 
 
 def evaluate_many(

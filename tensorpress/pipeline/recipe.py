@@ -1,7 +1,7 @@
 """Recipes: a YAML pipeline of compressor steps, validated strictly before any work starts.
 
 ```yaml
-calibration: {text: kjv:calib, samples: 128, seqlen: 512, seed: 0}
+calibration: {text: mix, samples: 128, seqlen: 512, seed: 0}   # or texts: [{text: mix}, {text: F, weight: 0.3}]
 steps:
   - rtn: {bits: 4, group_size: 64, symmetric: true}
     ignore: [lm_head]
@@ -12,11 +12,13 @@ Every error names the recipe, the step index and the key at fault.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tensorpress.calibration.text import DEFAULT_CALIBRATION
 from tensorpress.compressors import REGISTRY, Compressor
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
@@ -33,7 +35,8 @@ STEP_KEYS = ("targets", "ignore")
 
 @dataclass
 class CalibrationConfig:
-    text: str = "kjv:calib"
+    text: str | None = None  # one text spec; neither text nor texts: the shipped general mix
+    texts: list | None = None  # several, weighted: [{text: mix}, {text: my_domain.txt, weight: 0.3}]
     samples: int = 128
     seqlen: int = 512
     seed: int = 0
@@ -47,6 +50,37 @@ class CalibrationConfig:
             raise ConfigError("seqlen", f"must be ≥ 2, got {self.seqlen}")
         if not 0 <= self.seed < 2**64:
             raise ConfigError("seed", f"must be in 0 … 2^64-1, got {self.seed}")
+        if self.texts is None:
+            if self.text is not None and not self.text.strip():
+                raise ConfigError("text", "must name a text (a file, mix, kjv:calib, …)")
+            self.text = self.text or DEFAULT_CALIBRATION
+            return
+        if self.text is not None:
+            raise ConfigError("texts", "give either text or texts, not both")
+        self.texts = [_weighted_text(i, item) for i, item in enumerate(self.texts)]
+        if not self.texts:
+            raise ConfigError("texts", "must list at least one {text: …}")
+
+    @property
+    def sources(self) -> list[tuple[str, float]]:
+        """(text spec, weight) pairs, what calibration windows are drawn from."""
+        if self.texts is None:
+            return [(self.text or DEFAULT_CALIBRATION, 1.0)]
+        return [(t["text"], t["weight"]) for t in self.texts]
+
+
+def _weighted_text(i: int, item: Any) -> dict:
+    if not isinstance(item, dict):
+        raise ConfigError(f"texts[{i}]", "must be a mapping like {text: my.txt, weight: 0.3}")
+    for key in item:
+        if key not in ("text", "weight"):
+            raise ConfigError(f"texts[{i}].{key}", "unknown key (known: text, weight)")
+    text, weight = item.get("text"), item.get("weight", 1.0)
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"texts[{i}].text", f"must name a text (a file, mix, kjv:calib, …), got {text!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+        raise ConfigError(f"texts[{i}].weight", f"must be a number > 0, got {weight!r}")
+    return {"text": text, "weight": float(weight)}
 
 
 @dataclass

@@ -56,7 +56,7 @@ def compress(
     recipe: str | Path | dict | Recipe,
     out: str | Path,
     *,
-    eval_text: str | None = None,
+    eval_text: str | list[str] | None = None,
     windows: int = 48,
     seqlen: int = 512,
     device: str = "cpu",
@@ -70,8 +70,9 @@ def compress(
 ) -> CompressResult:
     """Compress checkpoint `model` with `recipe` into folder `out` (atomically); evaluate if asked.
 
-    `eval_base`: a precomputed `evaluation.BaseReference` on the same eval windows (a batch computes the
-    base once per model); by default the base model runs alongside the compressed one. `target_bpw` /
+    `eval_text`: one text or several (a report row each; the first one's metrics are the headline).
+    `eval_base`: per eval text a precomputed `evaluation.BaseReference` on the same windows (a batch
+    computes the base once per model); by default the base model runs alongside the compressed one. `target_bpw` /
     `target_size` set the recipe's budget (automatic mixed precision, pipeline/auto.py)."""
     progress = progress or Progress()
     meter = StageMeter()
@@ -81,7 +82,8 @@ def compress(
     if seed is not None and not 0 <= seed < 2**64:
         raise TensorpressError(f"--seed {seed}: must be in 0 … 2^64-1")
     named = recipe if isinstance(recipe, (str, Path)) else None
-    with OutputClaim(out, "compress", force, input_paths(model, named, eval_text)) as claim:
+    eval_texts = [eval_text] if isinstance(eval_text, str) else list(eval_text or [])
+    with OutputClaim(out, "compress", force, input_paths(model, named, *eval_texts)) as claim:
         with stage(meter, progress, "load"):
             rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
             if seed is not None:
@@ -90,12 +92,12 @@ def compress(
                 rec.budget = rec.budget or BudgetConfig()
                 set_target(rec.budget, target_bpw, target_size)
             if rec.needs_calibration:
-                claim.check_apart(input_paths(rec.calibration.text))
+                claim.check_apart(input_paths(*(t for t, _ in rec.calibration.sources)))
             ckpt = open_checkpoint(model)
         try:
             claim.check_apart([ckpt.folder])  # a hub id or a .gguf resolves to a folder only now
             return _compress_into(
-                claim, ckpt, rec, eval_text, windows, seqlen, device, progress, meter, eval_base, allow_long_context
+                claim, ckpt, rec, eval_texts, windows, seqlen, device, progress, meter, eval_base, allow_long_context
             )
         finally:
             ckpt.close()
@@ -105,7 +107,7 @@ def _compress_into(
     claim: OutputClaim,
     ckpt: Checkpoint,
     rec: Recipe,
-    eval_text: str | None,
+    eval_texts: list[str],
     windows: int,
     seqlen: int,
     device: str,
@@ -120,16 +122,16 @@ def _compress_into(
         skel = checked_skeleton(ckpt)
         plan = plan_targets(skel, rec)
         problem = allocation_problem(skel, ckpt, rec, plan) if rec.budget is not None else None  # range errors now
-        if eval_text:
+        if eval_texts:
             check_context(skel, seqlen, "--seqlen", allow_long_context)
         if rec.needs_calibration:
             what = f"recipe '{rec.source}': calibration.seqlen"
             check_context(skel, rec.calibration.seqlen, what, allow_long_context)
             check_calibration_memory(skel, rec)
         tokenizer = None
-        if eval_text or rec.needs_calibration or problem is not None:
+        if eval_texts or rec.needs_calibration or problem is not None:
             tokenizer = load_tokenizer(ckpt.folder)
-        eval_tokens = eval_windows(eval_text, tokenizer, windows, seqlen) if eval_text else None
+        eval_tokens = {t: eval_windows(t, tokenizer, windows, seqlen) for t in eval_texts}
     torch.manual_seed(rec.calibration.seed)
     notes: list[str] = []
     with claim.build() as tmp:
@@ -143,7 +145,7 @@ def _compress_into(
         if rec.needs_calibration:
             with stage(meter, progress, "calibrate"):
                 c = rec.calibration
-                calib = calibration_windows(c.text, tokenizer, c.samples, c.seqlen, c.seed)
+                calib = calibration_windows(c.sources, tokenizer, c.samples, c.seqlen, c.seed)
                 inputs, kwargs_list = capture_inputs(skel, ckpt, calib, c.batch_size, device)
         with stage(meter, progress, "compress"):
             layer_stats = compress_layers(
@@ -165,21 +167,21 @@ def _compress_into(
         _write_config(tmp, ckpt, rec, layer_stats, meta_notes)
         copy_side_files(ckpt.folder, tmp)
         result = CompressResult(tmp, rec.to_dict(), meter.seconds, 0, meta_notes)
-        if eval_tokens is not None:
-            from tensorpress.evaluation.metrics import evaluate_tokens
+        if eval_tokens:
+            from tensorpress.evaluation.metrics import evaluate_texts
             from tensorpress.evaluation.report import build_report, write_report
 
             with stage(meter, progress, "evaluate"):
-                metrics = evaluate_tokens(
+                metrics = evaluate_texts(
                     tmp,
-                    eval_base or ckpt.folder,
+                    ckpt.folder,
                     eval_tokens,
                     device=device,
                     progress=progress,
                     tokenizer=tokenizer,
                     allow_long_context=allow_long_context,
+                    bases=eval_base,
                 )
-            metrics["text"] = eval_text
             result.report = build_report(tmp, ckpt, rec.to_dict(), metrics, meter, meta_notes, layer_stats)
             write_report(tmp, result.report)
     result.out = claim.out
