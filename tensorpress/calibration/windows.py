@@ -77,6 +77,11 @@ def calibration_windows(sources: Sources | str, tokenizer, samples: int, seqlen:
     return out
 
 
+def decode_windows(windows: torch.Tensor, tokenizer) -> list[str]:
+    """Each window (S, L) back to text, special tokens kept (a chat template's markers are part of it)."""
+    return [tokenizer.decode(w.tolist(), skip_special_tokens=False) for w in windows]
+
+
 def eval_windows(spec: str, tokenizer, windows: int, seqlen: int) -> torch.Tensor:
     """The first `windows` non-overlapping windows of `seqlen` tokens. (W, L)."""
     if windows < 1 or seqlen < 2:

@@ -15,7 +15,17 @@ import warnings
 
 import typer
 
-from tensorpress.cli import batch, batch_merge, compress, decompress, eval, inspect, list_cmd, sample
+from tensorpress.cli import (
+    batch,
+    batch_merge,
+    calibration_text,
+    compress,
+    decompress,
+    eval,
+    inspect,
+    list_cmd,
+    sample,
+)
 from tensorpress.errors import TensorpressError, TensorpressWarning
 
 app = typer.Typer(
@@ -26,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-for module in (compress, eval, inspect, decompress, list_cmd, sample, batch, batch_merge):
+for module in (compress, eval, calibration_text, inspect, decompress, list_cmd, sample, batch, batch_merge):
     module.register(app)
 
 
