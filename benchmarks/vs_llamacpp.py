@@ -1,17 +1,18 @@
 """tensorpress GGUF output vs llama.cpp's llama-quantize, judged by llama.cpp's own llama-perplexity.
 
 For each type (Q8_0, Q4_0, Q4_K_M, Q3_K_M, Q2_K): llama-quantize of a BF16 GGUF of the sample model,
-without and with an imatrix computed on the same calibration text tensorpress calibrates on
-(kjv:calib, 128 × 512 tokens), against `tensorpress compress --recipe gguf-<type>`. Every file is run
-through `llama-perplexity --kl-divergence` against the BF16 file's logits on the eval text (kjv:eval)
-and on an English text of another kind (--ood-text; never used for calibration), and through
-tensorpress's own evaluator. Prints file bytes, ppl, KL and the ratio ours/peer; --json writes the rows.
+without and with an imatrix computed on exactly the windows tensorpress calibrates on (--calib, default
+kjv:calib; `tensorpress calibration-text` writes them, 128 × 512 tokens), against `tensorpress compress
+--recipe gguf-<type>` calibrated on the same spec. Every file is run through `llama-perplexity
+--kl-divergence` against the BF16 file's logits on kjv:eval and on every --eval NAME=FILE (texts never
+calibrated on), and through tensorpress's own evaluator. Prints file bytes, ppl, KL and the ratio
+ours/peer; --json writes the rows.
 
 llama.cpp's tools are built once from the `llama-cpp-python` sdist's vendored source (cmake, ~25 min
 on 2 cores, GGML_NATIVE=OFF) into --build-dir, outside the repository; --llama-bin uses an existing
 build. The BF16 reference GGUF is written by tensorpress's own GGUF writer (or --bf16-gguf).
 
-    python benchmarks/vs_llamacpp.py --work /tmp/vsl --ood-text PATH [--types Q4_K_M,Q2_K]
+    python benchmarks/vs_llamacpp.py --work /tmp/vsl --calib mix --eval novel=PATH [--types Q4_K_M,Q2_K]
 """
 
 from __future__ import annotations
@@ -169,6 +170,9 @@ def main() -> None:
     ap.add_argument("--bf16-gguf", type=Path, help="an existing BF16 GGUF of the sample model")
     ap.add_argument("--imatrix", type=Path, help="an existing imatrix of kjv:calib (128×512)")
     ap.add_argument("--ood-text", type=Path, help="an English text of another kind, never calibrated on")
+    ap.add_argument("--eval", action="append", default=[], help="NAME=FILE: another eval text (repeatable)")
+    ap.add_argument("--calib", default="kjv:calib", help="calibration spec of both tools (mix, kjv:calib, a file)")
+    ap.add_argument("--no-kjv-eval", action="store_true", help="leave kjv:eval out of the eval texts")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--calib-chunks", type=int, default=128, help="calibration windows of 512, both tools")
     ap.add_argument("--eval-chunks", type=int, default=48, help="eval windows of 512")
@@ -192,9 +196,13 @@ def main() -> None:
     bf16 = args.bf16_gguf or work / "base-bf16.gguf"
     if not bf16.is_file():
         write_bf16_gguf(sample.model, bf16)
-    texts = {"kjv:eval": sample.eval}
+    texts = {} if args.no_kjv_eval else {"kjv:eval": sample.eval}
     if args.ood_text:
         texts["ood"] = args.ood_text
+    for item in args.eval:
+        name, _, path = item.partition("=")
+        texts[name] = Path(path)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.calib)
     base_kld = {}
     base_ppl = {}
     for key, path in texts.items():
@@ -202,16 +210,32 @@ def main() -> None:
         base_ppl[key] = perplexity(
             bins, bf16, path, base_kld[key], work / "logs" / f"base-{key}.log", args.eval_chunks, True
         )["ppl"]
-    imatrix = args.imatrix or work / "imatrix.gguf"
+    imatrix = args.imatrix or work / f"imatrix-{slug}.gguf"
     if not imatrix.is_file():
-        cmd = [str(bins / "llama-imatrix"), "-m", str(bf16), "-f", str(sample.calib), "-c", str(CTX)]
+        calib_text = work / f"calib-{slug}.txt"  # the very windows tensorpress calibrates on
+        cmd = [sys.executable, "-m", "tensorpress.cli.main", "calibration-text", str(sample.model), "--force"]
+        sh(
+            [
+                *cmd,
+                "--text",
+                args.calib,
+                "--samples",
+                str(args.calib_chunks),
+                "--seqlen",
+                str(CTX),
+                "--out",
+                str(calib_text),
+            ],
+            work / "logs" / f"calib-{slug}.log",
+        )
+        cmd = [str(bins / "llama-imatrix"), "-m", str(bf16), "-f", str(calib_text), "-c", str(CTX)]
         sh([*cmd, "--chunks", str(args.calib_chunks), "-o", str(imatrix)], work / "logs" / "imatrix.log")
 
     rows = []
     for typ in args.types.split(","):
         files = {
             "llama-quantize": work / f"peer-{typ}.gguf",
-            "llama-quantize+imatrix": work / f"peer-{typ}-imat.gguf",
+            "llama-quantize+imatrix": work / f"peer-{typ}-imat-{slug}.gguf",
         }
         if args.peers == "imatrix":
             del files["llama-quantize"]
@@ -219,24 +243,25 @@ def main() -> None:
             if not f.is_file():
                 extra = ["--imatrix", str(imatrix)] if "imatrix" in tool else []
                 sh([str(bins / "llama-quantize"), *extra, str(bf16), str(f), typ], work / "logs" / f"{f.stem}.log")
-        ours_dir = work / f"ours-{typ}"
+        ours_dir = work / f"ours-{typ}-{slug}"
         t = time.time()
         if not (ours_dir / "model.gguf").is_file():
             cmd = [sys.executable, "-m", "tensorpress.cli.main", "compress", str(sample.model)]
             recipe = work / f"gguf-{typ.lower()}.yaml"  # the shipped recipe, calibrated on the same windows
             raw = yaml.safe_load(find_recipe(f"gguf-{typ.lower()}").read_text())
             raw["calibration"]["samples"] = args.calib_chunks
+            raw["calibration"]["text"] = args.calib
             recipe.write_text(yaml.safe_dump(raw))
             t0 = time.perf_counter()
             log = sh([*cmd, "--recipe", str(recipe), "--out", str(ours_dir)], work / "logs" / f"ours-{typ}.log")
             total = time.perf_counter() - t0
             m = re.search(r"gguf export: done in ([0-9.]+)s", log)
             export = float(m.group(1)) if m else float("nan")
-            (ours_dir.parent / f"ours-{typ}.time.json").write_text(json.dumps({"total": total, "export": export}))
+            (ours_dir.parent / f"{ours_dir.name}.time.json").write_text(json.dumps({"total": total, "export": export}))
         files["tensorpress"] = ours_dir / "model.gguf"
         if typ in args.auto_of.split(","):
             files["tensorpress gguf-auto"] = ours_auto(args, sample, work, typ, files["llama-quantize+imatrix"])
-        timing = ours_dir.parent / f"ours-{typ}.time.json"
+        timing = ours_dir.parent / f"{ours_dir.name}.time.json"
         times = json.loads(timing.read_text()) if timing.is_file() else {}
         for tool, f in files.items():
             row = {"type": typ, "tool": tool, "bytes": f.stat().st_size}
@@ -244,7 +269,7 @@ def main() -> None:
                 # the export's share: its seconds over those of the same run without it
                 row["compress_s"], row["export_s"] = times["total"], times["export"]
             for key, path in texts.items():
-                log = work / "logs" / f"ppl-{typ}-{tool}-{key}.log"
+                log = work / "logs" / f"ppl-{f.parent.name if f.name == 'model.gguf' else f.stem}-{key}.log"
                 r = perplexity(bins, f, path, base_kld[key], log, args.eval_chunks)
                 row[f"{key}:ppl"], row[f"{key}:kld"] = r["ppl"], r["kld"]
             if not args.no_ours_eval:
@@ -257,7 +282,7 @@ def main() -> None:
 
     keys = list(texts)
     head = "| type | tool | MiB | " + " | ".join(f"{k} ppl | {k} KLD" for k in keys) + " | KLD ours/imatrix |"
-    print(f"base (BF16) ppl: {base_ppl}")
+    print(f"calibration: {args.calib}; base (BF16) ppl: {base_ppl}")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
@@ -269,6 +294,15 @@ def main() -> None:
         )
         vals = " | ".join(f"{r[f'{k}:ppl']:.3f} | {r[f'{k}:kld']:.4f}" for k in keys)
         print(f"| {r['type']} | {r['tool']} | {r['bytes'] / 2**20:.2f} | {vals} | {ratio} |")
+    print("ppl rise over the base, tensorpress / llama-quantize+imatrix (≤ 1: ours moved less):")
+    for r in rows:
+        if r["tool"] != "tensorpress":
+            continue
+        peer = next(x for x in rows if x["type"] == r["type"] and x["tool"] == "llama-quantize+imatrix")
+        rise = " / ".join(
+            f"{(r[f'{k}:ppl'] - base_ppl[k]) / max(peer[f'{k}:ppl'] - base_ppl[k], 1e-9):.2f}" for k in keys
+        )
+        print(f"  {r['type']}: {rise}  ({' / '.join(keys)})")
     for r in rows:
         if "export_s" in r:
             share = r["export_s"] / (r["compress_s"] - r["export_s"])
