@@ -39,8 +39,9 @@ from tensorpress.evaluation.metrics import compare_window
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import open_checkpoint
 from tensorpress.model.sample import ensure_sample
-from tensorpress.pipeline import knapsack
-from tensorpress.pipeline.auto import allocation_problem, measure, measurement_cache
+from tensorpress.pipeline.auto import knapsack
+from tensorpress.pipeline.auto.measure import measure, measurement_cache
+from tensorpress.pipeline.auto.problem import allocation_problem
 from tensorpress.pipeline.plan import plan_targets
 from tensorpress.pipeline.recipe import load_recipe
 

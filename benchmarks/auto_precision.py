@@ -193,7 +193,8 @@ def validate_estimator(samples: int, windows: int, bits: tuple[int, ...] = (2, 3
     from tensorpress.compressors.quantize import rtn_quantize
     from tensorpress.model.architecture import build_skeleton
     from tensorpress.model.checkpoint import open_checkpoint
-    from tensorpress.pipeline.auto import allocation_problem, measure
+    from tensorpress.pipeline.auto.measure import measure
+    from tensorpress.pipeline.auto.problem import allocation_problem
     from tensorpress.pipeline.plan import plan_targets
     from tensorpress.pipeline.recipe import load_recipe
 

@@ -39,7 +39,7 @@ def gguf_part(args, texts: dict[str, Path], calib: str) -> dict:
     if not out.is_file() or args.rerun:
         work.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(HERE / "vs_llamacpp.py"), "--work", str(work), "--calib", calib]
-        cmd += ["--types", args.types, "--peers", "imatrix", "--no-ours-eval", "--json", str(out)]
+        cmd += ["--types", args.types, "--peers", "imatrix", "--no-ours-eval", "--json", str(out), "--reference", "F32"]
         cmd += ["--calib-chunks", str(args.samples), "--eval-chunks", str(args.windows)]
         cmd += [f"--eval={k}={v}" for k, v in texts.items()]
         run(cmd, args.work / f"gguf-{calib.replace(':', '_')}.log")

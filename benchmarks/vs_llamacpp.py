@@ -83,8 +83,10 @@ def build_llamacpp(build_dir: Path) -> Path:
     return bins
 
 
-def write_bf16_gguf(model: Path, dest: Path) -> None:
-    """The unquantized reference: every tensor of the sample model as BF16 (norms F32), our writer."""
+def write_bf16_gguf(model: Path, dest: Path, kind2d: str = "BF16") -> None:
+    """The unquantized reference: every tensor of the sample model as BF16 (norms F32), our writer. The
+    values are the checkpoint's own (stored in bf16); `kind2d="F32"` holds the same values in a layout
+    llama.cpp multiplies several times faster on CPUs without bf16 instructions."""
     import torch
 
     from tensorpress.formats.gguf_write import GGUFTensor, write_gguf
@@ -96,7 +98,7 @@ def write_bf16_gguf(model: Path, dest: Path) -> None:
         def tensors():
             for name in r.names():
                 t = r.get(name)
-                kind = "BF16" if t.ndim == 2 else "F32"
+                kind = kind2d if t.ndim == 2 else "F32"
                 yield GGUFTensor(name, t.to(torch.float32).numpy(), gguf.GGMLQuantizationType[kind], tuple(t.shape))
 
         write_gguf(dest, config, model, tensors())
@@ -174,6 +176,7 @@ def main() -> None:
     ap.add_argument("--calib", default="kjv:calib", help="calibration spec of both tools (mix, kjv:calib, a file)")
     ap.add_argument("--no-kjv-eval", action="store_true", help="leave kjv:eval out of the eval texts")
     ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--reference", choices=["BF16", "F32"], default="BF16", help="the unquantized file's matrices")
     ap.add_argument("--calib-chunks", type=int, default=128, help="calibration windows of 512, both tools")
     ap.add_argument("--eval-chunks", type=int, default=48, help="eval windows of 512")
     ap.add_argument("--no-ours-eval", action="store_true", help="skip tensorpress's own evaluator (slow on 2 cores)")
@@ -193,9 +196,9 @@ def main() -> None:
     work = args.work
     (work / "logs").mkdir(parents=True, exist_ok=True)
     bins = args.llama_bin or build_llamacpp(args.build_dir)
-    bf16 = args.bf16_gguf or work / "base-bf16.gguf"
+    bf16 = args.bf16_gguf or work / f"base-{args.reference.lower()}.gguf"
     if not bf16.is_file():
-        write_bf16_gguf(sample.model, bf16)
+        write_bf16_gguf(sample.model, bf16, args.reference)
     texts = {} if args.no_kjv_eval else {"kjv:eval": sample.eval}
     if args.ood_text:
         texts["ood"] = args.ood_text

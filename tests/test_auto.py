@@ -14,8 +14,8 @@ from tensorpress.cli.main import main
 from tensorpress.formats.compressed_tensors import pack_tensors, packed_bytes
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.sizes import size_stats
-from tensorpress.pipeline import knapsack
-from tensorpress.pipeline.budget import parse_size
+from tensorpress.pipeline.auto import knapsack
+from tensorpress.pipeline.auto.budget import parse_size
 from tests.conftest import make_model
 
 CALIB = {"samples": 8, "seqlen": 32, "batch_size": 4}
@@ -25,7 +25,7 @@ STEPS = [{"gptq": {"bits": 4, "group_size": 32}, "ignore": ["lm_head"]}]
 @pytest.fixture(autouse=True)
 def _own_measurement_cache(tmp_path, monkeypatch):
     """Measurements are cached per model and calibration; tests keep theirs out of the user's cache."""
-    monkeypatch.setattr("tensorpress.pipeline.auto.cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr("tensorpress.pipeline.auto.measure.cache_dir", lambda: tmp_path / "cache")
 
 
 def recipe(text_file, **budget) -> dict:
@@ -123,7 +123,7 @@ def test_budget_met_and_transformers_loads_mixed_output(tiny_models, text_file, 
 
 
 def test_group_size_candidates_are_those_dividing_the_width():
-    from tensorpress.pipeline.auto import module_candidates
+    from tensorpress.pipeline.auto.candidates import module_candidates
 
     cands = [QuantScheme(bits=3, group_size=g) for g in (32, 48, 64, -1)] + [QuantScheme(bits=4, ggml="Q4_K")]
 
@@ -157,8 +157,8 @@ def test_mixed_group_sizes_load_in_transformers(tiny_models, text_file, tmp_path
 def test_asymmetric_candidates_only_at_their_bits_and_only_for_a_symmetric_step():
     from types import SimpleNamespace
 
-    from tensorpress.pipeline.auto import candidate_schemes, label
-    from tensorpress.pipeline.budget import BudgetConfig
+    from tensorpress.pipeline.auto.budget import BudgetConfig
+    from tensorpress.pipeline.auto.candidates import candidate_schemes, label
 
     def step(symmetric):
         return SimpleNamespace(config=SimpleNamespace(scheme=lambda: QuantScheme(4, 64, symmetric)))
@@ -247,7 +247,9 @@ def test_size_target_never_exceeded(tiny_models, text_file, tmp_path):
 def test_same_seed_same_allocation_and_sensitive_module_gets_more_bits(tiny_models, text_file, tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):  # each run measures from scratch (no shared measurement cache)
-        monkeypatch.setattr("tensorpress.pipeline.auto.cache_dir", lambda out=out: out.with_name(out.name + "-cache"))
+        monkeypatch.setattr(
+            "tensorpress.pipeline.auto.measure.cache_dir", lambda out=out: out.with_name(out.name + "-cache")
+        )
         tensorpress.compress(tiny_models["llama"], recipe(text_file, bits_per_weight=3.3), a if out == a else b)
     assert allocation(a) == allocation(b)
     info = json.loads((b / "config.json").read_text())["tensorpress"]["auto"]
@@ -309,7 +311,7 @@ def test_auto_recipe_without_target_and_unknown_budget_key(capsys, tiny_models, 
 
 
 def test_nearest_reference_width():
-    from tensorpress.pipeline.auto import REFERENCE_BITS, nearest_reference
+    from tensorpress.pipeline.auto.candidates import REFERENCE_BITS, nearest_reference
 
     cands = [QuantScheme(b, 32, True) for b in (2, 3, 4, 5, 8)]
     assert [REFERENCE_BITS[r] for r in nearest_reference(cands)] == [3, 3, 4, 4, 4]
@@ -320,7 +322,8 @@ def loss_tables(model, body: dict) -> tuple[dict[str, list[list[float]]], object
     from tensorpress.calibration.windows import load_tokenizer
     from tensorpress.model.architecture import build_skeleton
     from tensorpress.model.checkpoint import open_checkpoint
-    from tensorpress.pipeline.auto import allocation_problem, measure
+    from tensorpress.pipeline.auto.measure import measure
+    from tensorpress.pipeline.auto.problem import allocation_problem
     from tensorpress.pipeline.plan import plan_targets
     from tensorpress.pipeline.recipe import load_recipe
 
@@ -339,7 +342,7 @@ def loss_tables(model, body: dict) -> tuple[dict[str, list[list[float]]], object
 def test_repaired_estimate_is_rounding_times_the_repair_at_the_nearest_reference(tiny_models, text_file):
     """Same windows, same labels: the repaired table is the rounding table with one factor per module and
     reference width, and AWQ + GPTQ leave less error than rounding."""
-    from tensorpress.pipeline.auto import nearest_reference
+    from tensorpress.pipeline.auto.candidates import nearest_reference
 
     body = {**recipe(text_file, bits_per_weight=3.5), "steps": [{"awq": {}, "ignore": ["lm_head"]}, *STEPS]}
     loss, problem = loss_tables(tiny_models["llama"], body)

@@ -172,15 +172,19 @@ def test_mix_source_is_checked_against_both_hashes(tmp_path, monkeypatch):
     import dataclasses
     import hashlib
 
-    body = "conversations:\n- - Hello there\n  - Hi! How can I help?\n  - Tell me a joke\n- - only one turn\n"
+    body = (
+        "conversations:\n- - Hello there\n  - Hi! How can I help?\n  - Tell me a joke\n"
+        "- - What is 2+2?\n  - '4'\n- - only one turn\n"
+    )
     mix, src = _fake_source(tmp_path, monkeypatch, {"chat.yml": body, "notes.txt": "ignored"}, "chatterbot")
     text = mix.read_source(src, tmp_path)
     dialogs = json.loads(text)
-    assert dialogs == [
+    assert dialogs == [  # exchanges in pairs (an unanswered last turn dropped), joined into one chat
         [
             {"role": "user", "content": "Hello there"},
             {"role": "assistant", "content": "Hi! How can I help?"},
-            {"role": "user", "content": "Tell me a joke"},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4"},
         ]
     ]
     with pytest.raises(TensorpressError, match=r"mix source corpus: the text built from corpus==1\.0 has sha256"):

@@ -223,7 +223,7 @@ def test_auto_precision_allocates_gguf_types(models, text_file, tmp_path, monkey
     bits per weight of the allocated tensors stay under the target, and transformers reads the mixed file."""
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr("tensorpress.pipeline.auto.cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr("tensorpress.pipeline.auto.measure.cache_dir", lambda: tmp_path / "cache")
     recipe = {
         "calibration": _calib(text_file),
         "gguf": {"type": "Q4_K_M"},

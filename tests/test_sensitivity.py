@@ -15,8 +15,8 @@ from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.architecture import build_skeleton
 from tensorpress.model.checkpoint import open_checkpoint
-from tensorpress.pipeline.auto import head_source, rounding_error
-from tensorpress.pipeline.auto_awq import candidate_columns
+from tensorpress.pipeline.auto.awq_columns import candidate_columns
+from tensorpress.pipeline.auto.measure import rounding_error
 
 MODULES = ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
 
@@ -49,7 +49,7 @@ def test_coherent_estimate_predicts_single_module_kl(tiny_models, text_file, arc
         return [probes[n]]
 
     _g, tokens, coherent = output_fisher(
-        skel, ckpt.tensor, kept, kwargs, names, head_source(skel), 0, "cpu", None, probe
+        skel, ckpt.tensor, kept, kwargs, names, skel.head_source(), 0, "cpu", None, probe
     )
     ckpt.close()
     assert tokens == 24 * 31

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tensorpress.calibration.windows import EVAL_SEQLEN, EVAL_WINDOWS
 from tensorpress.compressors.base import ConfigError, parse_config
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.inputs import load_yaml_file
@@ -45,8 +46,8 @@ GATE_METRICS = (
 @dataclass
 class EvalSpec:
     text: str | list = "kjv:eval"  # one text spec, or a list (a summary row per text; gates check each)
-    windows: int = 48
-    seqlen: int = 512
+    windows: int = EVAL_WINDOWS
+    seqlen: int = EVAL_SEQLEN
 
     @property
     def texts(self) -> list[str]:

@@ -6,8 +6,8 @@
 - `hf:DATASET[:CONFIG[:SPLIT[:COLUMN]]]` and `wikitext2`: through the `datasets` package, where it is
   installed and the network allows
 
-`text_parts` is what calibration and evaluation tokenize: a mix comes apart into its weighted source
-texts, with conversations rendered by the model's own chat template.
+`TextPart` is what calibration and evaluation tokenize: one plain text, or one of the mix's weighted
+source texts (calibration/mix.py), conversations rendered by the model's own chat template.
 """
 
 from __future__ import annotations
@@ -30,20 +30,9 @@ class TextPart:
     weight: float = 1.0  # share of calibration windows before normalization
 
 
-def text_parts(spec: str, tokenizer=None) -> list[TextPart]:
-    """The texts one spec stands for: a plain text is one part, the mix one part per source text."""
-    if spec == "mix" or spec.startswith("mix:"):
-        from tensorpress.calibration.mix import mix_parts
-
-        return mix_parts(spec, tokenizer)
-    return [TextPart(spec, read_text(spec))]
-
-
 def read_text(spec: str) -> str:
-    """One spec as plain text (a mix's conversations in a plain `role: text` rendering)."""
+    """One plain spec as text (the mix is resolved by calibration/mix.py, see `windows.text_parts`)."""
     spec = ALIASES.get(spec, spec)
-    if spec == "mix" or spec.startswith("mix:"):
-        return "\n\n".join(p.text for p in text_parts(spec))
     if spec in ("kjv:calib", "kjv:eval"):
         from tensorpress.model.sample import ensure_texts
 

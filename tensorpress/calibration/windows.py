@@ -10,9 +10,12 @@ from pathlib import Path
 
 import torch
 
-from tensorpress.calibration.text import TextPart, text_parts
+from tensorpress.calibration.mix import mix_parts
+from tensorpress.calibration.text import TextPart, read_text
 from tensorpress.errors import TensorpressError
 
+EVAL_WINDOWS = 48  # evaluation windows by default (the GPTQ papers' protocol at 512 tokens)
+EVAL_SEQLEN = 512  # tokens per evaluation window by default
 Sources = Sequence[tuple[str, float]]  # (text spec, weight): what a recipe's `calibration` resolves to
 
 
@@ -29,6 +32,13 @@ def tokenize(text: str, tokenizer) -> torch.Tensor:
     """The whole text as one id stream (no special tokens: windows cut it anywhere). Shape (n,)."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def text_parts(spec: str, tokenizer=None) -> list[TextPart]:
+    """The texts one spec stands for: a plain text is one part, the mix one part per source text."""
+    if spec == "mix" or spec.startswith("mix:"):
+        return mix_parts(spec, tokenizer)
+    return [TextPart(spec, read_text(spec))]
 
 
 def part_ids(part: TextPart, tokenizer) -> torch.Tensor:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from tensorpress.calibration.windows import EVAL_SEQLEN, EVAL_WINDOWS
 from tensorpress.cli.options import (
     AllowLongContext,
     Device,
@@ -38,8 +39,8 @@ def compress_cmd(
         list[str] | None,
         typer.Option("--eval", help="Evaluate on this text afterwards (e.g. kjv:eval; repeat for several): report.*"),
     ] = None,
-    windows: Windows = 48,
-    seqlen: Seqlen = 512,
+    windows: Windows = EVAL_WINDOWS,
+    seqlen: Seqlen = EVAL_SEQLEN,
     device: Device = "cpu",
     seed: Annotated[int | None, typer.Option(help="Calibration seed (overrides the recipe's).")] = None,
     force: Force = False,

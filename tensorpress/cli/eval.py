@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from tensorpress.calibration.windows import EVAL_SEQLEN, EVAL_WINDOWS
 from tensorpress.cli.options import (
     AllowLongContext,
     Device,
@@ -39,8 +40,8 @@ def eval_cmd(
     model: ModelArg,
     base: Annotated[str | None, typer.Option(help="Base model to compare with (folder, .gguf or hub id).")] = None,
     text: TextSpecs = None,
-    windows: Windows = 48,
-    seqlen: Seqlen = 512,
+    windows: Windows = EVAL_WINDOWS,
+    seqlen: Seqlen = EVAL_SEQLEN,
     device: Device = "cpu",
     format: Format = OutputFormat.text,
     quiet: Quiet = False,

@@ -23,7 +23,7 @@ class GPTQResult:
     qw: QuantizedWeight | GGMLQuantized | None  # None when run without a scheme (SparseGPT pruning alone)
     dampening: float  # the relative dampening that finally worked
     retries: int
-    loss: float  # Σ over rows of the OBS loss (w - q)² / [H⁻¹]_jj, as in the reference
+    loss: float  # Σ over rows of the OBS loss (w - q)² / (2 U_jj²), U = upper Cholesky factor of H⁻¹ (the reference's)
     dense: torch.Tensor | None = None  # (out, in) the compressed weight, original column order
     pruned: torch.Tensor | None = None  # (out, in) bool, True where `prune` zeroed the weight
 
@@ -131,7 +131,7 @@ def gptq_quantize(
             Err1[i] = err1
         WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)  # lazy batch update of the later columns
         QT[i1:i2] = Q1
-        loss += Err1.square().sum() / 2  # Σ (w - q)² / [H⁻¹]_jj² / 2
+        loss += Err1.square().sum() / 2  # Σ (w - q)² / U_jj² / 2
         if M1 is not None:
             prunedT[i1:i2] = M1
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tensorpress.calibration.windows import eval_windows, load_tokenizer
+from tensorpress.calibration.windows import EVAL_SEQLEN, EVAL_WINDOWS, eval_windows, load_tokenizer
 from tensorpress.errors import TensorpressError
 from tensorpress.infra.progress import Progress
 from tensorpress.model.loader import load
@@ -224,8 +224,8 @@ def evaluate(
     model: str | Path,
     base: str | Path | None = None,
     text: str | list[str] = "kjv:eval",
-    windows: int = 48,
-    seqlen: int = 512,
+    windows: int = EVAL_WINDOWS,
+    seqlen: int = EVAL_SEQLEN,
     device: str = "cpu",
     progress: Progress | None = None,
     allow_long_context: bool = False,

@@ -18,8 +18,6 @@ from tensorpress.formats.pack_quantized import pack_int32, packed_words, unpack_
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme, dequantize
 from tensorpress.infra.patterns import prefix_match
 
-SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-
 
 def pack_tensors(module_name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     b = qw.scheme.bits

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -24,6 +23,8 @@ from tensorpress.formats.entropy_table import TABLE_KEY, coded_table
 from tensorpress.infra.inputs import check_regular, decode_text, load_json_file, parse_json
 
 _MAX_HEADER = 100 * 1024 * 1024
+
+SHARD_BYTES = 512 * 2**20  # the most one output shard holds (as transformers' save_pretrained shards)
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ class ShardWriter:
     written to the final file, the data appended, and the data file removed.
     """
 
-    def __init__(self, folder: Path, max_shard_bytes: int = 512 * 1024**2, metadata: dict[str, str] | None = None):
+    def __init__(self, folder: Path, max_shard_bytes: int = SHARD_BYTES, metadata: dict[str, str] | None = None):
         self.folder = folder
         self.max_shard_bytes = max_shard_bytes
         self.metadata = dict(metadata or {})
@@ -344,9 +345,3 @@ class ShardWriter:
     def abort(self) -> None:
         if self._data is not None:
             self._data.close()
-
-
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    with SafetensorsReader(files) as r:
-        for name in r.names():
-            yield name, r.get(name)

@@ -24,9 +24,7 @@ def pip_download(requirement: str, dest: Path, sdist: bool) -> Path:
         raise TensorpressError(f"cannot download {requirement} from the package registry: {why}")
     stem, _, version = requirement.partition("==")
     stem = stem.replace("-", "_").lower()
-    hits = [
-        p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem) and version in p.name
-    ]
+    hits = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem) and version in p.name]
     if not hits:
         raise TensorpressError(f"pip reported success but no file for {requirement} is in {dest}")
     return max(hits, key=lambda p: p.stat().st_mtime)

@@ -72,6 +72,20 @@ class Skeleton:
                 return name
         return None
 
+    def source(self, key: str) -> str:
+        """The checkpoint tensor behind model key `key`; a tied key (a tied lm_head) is the input embedding's."""
+        if key in self.name_map:
+            return self.name_map[key]
+        emb = self.model.get_input_embeddings()
+        for name, mod in self.model.named_modules():
+            if mod is emb:
+                return self.name_map[f"{name}.weight"]
+        raise TensorpressError(f"cannot find the tensor {key} is tied to")
+
+    def head_source(self) -> str:
+        """The checkpoint tensor holding the output head's weight (the input embedding's when tied)."""
+        return self.source(f"{self.lm_head_name()}.weight")
+
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 

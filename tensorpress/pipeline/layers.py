@@ -13,7 +13,6 @@ from torch import nn
 
 from tensorpress.calibration.forward import first_sample, run_layer
 from tensorpress.calibration.layer_work import LayerWork
-from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import pack_tensors
 from tensorpress.formats.ggml_types import GGMLQuantized
 from tensorpress.formats.quantized import QuantizedWeight, QuantScheme
@@ -170,7 +169,7 @@ def _write_outer(writer, skel, ckpt, rec, plan, compressors, schemes, errors, no
     if head_steps:
         module = skel.module(head)
         key = f"{head}.weight"
-        src = skel.name_map.get(key) or _tied_source(skel, key)
+        src = skel.source(key)
         dtypes = {"weight": ckpt.tensor(src).dtype}
         module._parameters["weight"] = nn.Parameter(
             ckpt.tensor(src).to(device=device, dtype=torch.float32), requires_grad=False
@@ -201,12 +200,3 @@ def packed_tensors(owner: str, qw: QuantizedWeight | GGMLQuantized) -> dict[str,
     if isinstance(qw, GGMLQuantized):
         return {f"{owner}.weight_ggml": torch.from_numpy(qw.to_bytes())}
     return pack_tensors(owner, qw)
-
-
-def _tied_source(skel: Skeleton, key: str) -> str:
-    """The on-disk tensor a tied key shares (the input embedding for a tied lm_head)."""
-    emb = skel.model.get_input_embeddings()
-    for name, mod in skel.model.named_modules():
-        if mod is emb:
-            return skel.name_map[f"{name}.weight"]
-    raise TensorpressError(f"cannot find the tensor {key} is tied to")

@@ -25,7 +25,7 @@ from tensorpress.errors import TensorpressError
 from tensorpress.formats.ggml_types import TYPES
 from tensorpress.infra.inputs import check_regular, load_yaml_file
 from tensorpress.infra.patterns import compile_pattern, fullmatch
-from tensorpress.pipeline.budget import BudgetConfig
+from tensorpress.pipeline.auto.budget import BudgetConfig
 from tensorpress.pipeline.gguf_mix import FLOAT_TYPES, PRESETS
 
 TOP_KEYS = ("name", "description", "calibration", "budget", "gguf", "steps")
@@ -143,7 +143,7 @@ class Recipe:
     steps: list[Step]
     name: str = ""
     description: str = ""
-    budget: BudgetConfig | None = None  # automatic mixed precision (pipeline/auto.py), when given
+    budget: BudgetConfig | None = None  # automatic mixed precision (pipeline/auto/), when given
     gguf: GGUFConfig | None = None  # GGUF output (one .gguf file) instead of compressed-tensors safetensors
 
     @property

@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from tensorpress.calibration.forward import capture_inputs
-from tensorpress.calibration.windows import calibration_windows, eval_windows, load_tokenizer
+from tensorpress.calibration.windows import (
+    EVAL_SEQLEN,
+    EVAL_WINDOWS,
+    calibration_windows,
+    eval_windows,
+    load_tokenizer,
+)
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.compressed_tensors import quantization_config
 from tensorpress.formats.quantized import QuantScheme
@@ -30,8 +36,9 @@ from tensorpress.infra.resources import StageMeter, stage
 from tensorpress.infra.writable import check_writable
 from tensorpress.model.checkpoint import Checkpoint, copy_side_files, open_checkpoint
 from tensorpress.model.validate import checked_skeleton
-from tensorpress.pipeline.auto import allocate, allocation_problem
-from tensorpress.pipeline.budget import BudgetConfig, set_target
+from tensorpress.pipeline.auto.allocate import allocate
+from tensorpress.pipeline.auto.budget import BudgetConfig, set_target
+from tensorpress.pipeline.auto.problem import allocation_problem
 from tensorpress.pipeline.gguf_export import GGUF_FILE, export_gguf
 from tensorpress.pipeline.layers import compress_layers
 from tensorpress.pipeline.limits import check_calibration_memory, check_context, refuse_compressed
@@ -57,8 +64,8 @@ def compress(
     out: str | Path,
     *,
     eval_text: str | list[str] | None = None,
-    windows: int = 48,
-    seqlen: int = 512,
+    windows: int = EVAL_WINDOWS,
+    seqlen: int = EVAL_SEQLEN,
     device: str = "cpu",
     seed: int | None = None,
     force: bool = False,
@@ -73,7 +80,7 @@ def compress(
     `eval_text`: one text or several (a report row each; the first one's metrics are the headline).
     `eval_base`: per eval text a precomputed `evaluation.BaseReference` on the same windows (a batch
     computes the base once per model); by default the base model runs alongside the compressed one. `target_bpw` /
-    `target_size` set the recipe's budget (automatic mixed precision, pipeline/auto.py)."""
+    `target_size` set the recipe's budget (automatic mixed precision, pipeline/auto/)."""
     progress = progress or Progress()
     meter = StageMeter()
     out = Path(out)

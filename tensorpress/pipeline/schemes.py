@@ -12,7 +12,7 @@ from tensorpress.formats.ggml_types import ggml_type
 from tensorpress.formats.gguf_write import resolve_gguf_arch
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.architecture import Skeleton, get_weight
-from tensorpress.pipeline.auto import Allocation
+from tensorpress.pipeline.auto.allocate import Allocation
 from tensorpress.pipeline.gguf_mix import mix_types
 from tensorpress.pipeline.recipe import Recipe
 
@@ -27,7 +27,7 @@ def module_schemes(
 ) -> dict[str, QuantScheme]:
     """Full module name → scheme, for the modules whose scheme is not simply their step's own.
 
-    `allocation`: the bits automatic mixed precision chose under the recipe's budget (pipeline/auto.py,
+    `allocation`: the bits automatic mixed precision chose under the recipe's budget (pipeline/auto/,
     which measures on calibration data first); a GGUF recipe: each module's type in the mix."""
     if rec.gguf is not None:
         resolve_gguf_arch(str(skel.model.config.model_type))  # an unsupported architecture fails here, by name

@@ -62,7 +62,7 @@ class BudgetConfig:
     # recipe's own repair (AWQ's scales, then GPTQ) leaves of it at reference bit widths ("repaired")
     estimator: Literal["rtn", "gptq", "repaired"] = "rtn"
     types: list[str] = field(default_factory=list)  # GGUF output: candidate types (empty: GGUF_CANDIDATES)
-    awq_scaled: bool = False  # with an awq step: score each candidate after AWQ's scales (pipeline/auto_awq.py)
+    awq_scaled: bool = False  # with an awq step: score each candidate after AWQ's scales (pipeline/auto/awq_columns.py)
 
     def validate(self) -> None:
         if self.bits_per_weight is not None and self.size is not None:
