@@ -20,7 +20,7 @@ import torch
 import tensorpress
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.ggml_types import TYPES
-from tensorpress.formats.gguf_write import llama_unpermute_rows
+from tensorpress.formats.gguf_names import llama_unpermute_rows
 from tensorpress.pipeline import layers
 from tensorpress.pipeline.gguf_mix import TensorSlot, mix_types, preset_type
 from tests.conftest import make_model
@@ -165,7 +165,7 @@ def tensorpress_inspect(path: Path) -> dict:
 
 
 def test_gguf_input_keeps_its_tokenizer(models, text_file, tmp_path):
-    from tensorpress.formats.gguf_vocab import copy_tokenizer_kv
+    from tensorpress.formats.gguf_meta import copy_tokenizer_kv
 
     recipe = {"gguf": {"type": "Q8_0"}, "steps": [{"rtn": {}}]}
     first = tmp_path / "first"

@@ -28,14 +28,10 @@ from transformers import (
 )
 
 from tensorpress.errors import TensorpressError as GGUFExportError
-from tensorpress.formats.gguf_vocab import copy_tokenizer_kv, read_gguf_meta, tokenizer_kv_from_dir
-from tensorpress.formats.gguf_write import (
-    GGUFTensor,
-    gguf_tensor_name,
-    llama_permute_rows,
-    llama_unpermute_rows,
-    write_gguf,
-)
+from tensorpress.formats.gguf_meta import copy_tokenizer_kv, read_gguf_meta
+from tensorpress.formats.gguf_names import gguf_tensor_name, llama_permute_rows, llama_unpermute_rows
+from tensorpress.formats.gguf_vocab import tokenizer_kv_from_dir
+from tensorpress.formats.gguf_write import GGUFTensor, write_gguf
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 F16 = gguf.GGMLQuantizationType.F16

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tensorpress.errors import TensorpressError
-from tensorpress.formats.gguf_write import gguf_tensor_name, llama_unpermute_rows, resolve_gguf_arch
+from tensorpress.formats.gguf_names import gguf_tensor_name, llama_unpermute_rows, resolve_gguf_arch
 
 
 def gguf_output(folder: Path) -> dict | None:

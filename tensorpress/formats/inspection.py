@@ -102,7 +102,7 @@ def _inspect_gguf(folder: Path, entry: dict, config: dict, shown: Path) -> dict:
     rows = gguf_tensor_table(folder, entry)
     hf_names = {}
     if config:
-        from tensorpress.formats.gguf_write import gguf_tensor_name, resolve_gguf_arch
+        from tensorpress.formats.gguf_names import gguf_tensor_name, resolve_gguf_arch
 
         arch = resolve_gguf_arch(str(config.get("model_type")))
         n_layers = int(config["num_hidden_layers"])

@@ -18,7 +18,7 @@ import torch
 from tensorpress.compressors.ggml_fit import quantize_rtn
 from tensorpress.errors import TensorpressError
 from tensorpress.formats.ggml_types import ggml_type
-from tensorpress.formats.gguf_vocab import copy_tokenizer_kv
+from tensorpress.formats.gguf_meta import copy_tokenizer_kv
 from tensorpress.formats.gguf_write import GGUFTensor, write_gguf
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.formats.safetensors_io import SafetensorsReader, weight_files

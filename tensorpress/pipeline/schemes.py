@@ -9,7 +9,7 @@ against it) then honours `LayerWork.schemes`.
 from __future__ import annotations
 
 from tensorpress.formats.ggml_types import ggml_type
-from tensorpress.formats.gguf_write import resolve_gguf_arch
+from tensorpress.formats.gguf_names import resolve_gguf_arch
 from tensorpress.formats.quantized import QuantScheme
 from tensorpress.model.architecture import Skeleton, get_weight
 from tensorpress.pipeline.auto.allocate import Allocation
