@@ -281,7 +281,7 @@ def main() -> None:
             rows.append(row)
         print(f"{typ}: done ({time.time() - t:.0f}s)", flush=True)
         if args.json:
-            args.json.write_text(json.dumps({"base_ppl": base_ppl, "rows": rows}, indent=2))
+            args.json.write_text(json.dumps({"calib": args.calib, "base_ppl": base_ppl, "rows": rows}, indent=2))
 
     keys = list(texts)
     head = "| type | tool | MiB | " + " | ".join(f"{k} ppl | {k} KLD" for k in keys) + " | KLD ours/imatrix |"
