@@ -32,6 +32,7 @@ from tensorpress.compressors.awq_edges import Edge, fold, layer_edges, rescale_s
 from tensorpress.compressors.awq_fused import fuse
 from tensorpress.compressors.awq_search import (
     ScaleSearch,
+    alpha_steps,
     awq_scales,
     clip_search,
     fake_quant,
@@ -49,6 +50,8 @@ __all__ = ["AWQ", "AWQConfig", "head_map", "search_scales_linear"]
 @dataclass
 class AWQConfig:
     grid: int = 20  # α ∈ {0, 1/grid, …, 1}
+    max_alpha: float = 1.0  # only α ≤ max_alpha are tried (smaller: milder scales, less tied to calibration)
+    hessian_blend: float = 0.0  # linear objective scored with (1 − β)·H + β·diag(H)
     duo_scaling: bool = False  # s = mean|x|^α / mean|ŵ|^(1-α) (weights normalized per group), as in AutoAWQ
     objective: Literal["linear", "block"] = "linear"  # exact consumer-output MSE from H, or the paper's block MSE
     search_samples: int = 16  # calibration windows the block objective runs on
@@ -64,6 +67,10 @@ class AWQConfig:
             raise ConfigError("grid", f"must be ≥ 1, got {self.grid}")
         if self.clip_grid < 1:
             raise ConfigError("clip_grid", f"must be ≥ 1, got {self.clip_grid}")
+        if not 0 <= self.max_alpha <= 1:
+            raise ConfigError("max_alpha", f"must be in [0, 1], got {self.max_alpha}")
+        if not 0 <= self.hessian_blend <= 1:
+            raise ConfigError("hessian_blend", f"must be in [0, 1], got {self.hessian_blend}")
         if self.search_samples < 1:
             raise ConfigError("search_samples", f"must be ≥ 1, got {self.search_samples}")
         if not 0 < self.max_shrink < 1:
@@ -149,7 +156,17 @@ class AWQ(Compressor):
     def search_linear(self, work: LayerWork, edge: Edge, quantized, h) -> ScaleSearch:
         cfg: AWQConfig = self.config
         Ws = [(work.weight(c), sch) for c, sch in quantized]
-        return search_scales_linear(Ws, h.H, h.mean_abs(), work.scale_dtype, cfg.grid, cfg.duo_scaling, edge.col_map)
+        return search_scales_linear(
+            Ws,
+            h.H,
+            h.mean_abs(),
+            work.scale_dtype,
+            cfg.grid,
+            cfg.duo_scaling,
+            edge.col_map,
+            max_alpha=cfg.max_alpha,
+            hessian_blend=cfg.hessian_blend,
+        )
 
     def _search_block(self, work: LayerWork, consumers, quantized, x_mean, cfg: AWQConfig) -> ScaleSearch:
         """The paper's objective: MSE of the parent block's output on `search_samples` windows."""
@@ -165,7 +182,7 @@ class AWQ(Compressor):
             wk = sum(group_weight_mean(originals[c], s) for c, s in quantized) / len(quantized)
         best = None
         try:
-            for i in range(cfg.grid + 1):
+            for i in range(alpha_steps(cfg.grid, cfg.max_alpha)):
                 alpha = i / cfg.grid
                 s = awq_scales(x_mean, alpha, wk) if i else torch.ones_like(x_mean)
                 for c, W in originals.items():

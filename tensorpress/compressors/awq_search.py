@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tensorpress.compressors.gptq_sweep import blend_diagonal
 from tensorpress.compressors.quantize import rtn_quantize
 from tensorpress.formats.quantized import QuantScheme
 
@@ -54,6 +55,11 @@ def reduce_to(values: torch.Tensor, col_map: torch.Tensor | None, k: int) -> tor
     return out / count.clamp_min(1)
 
 
+def alpha_steps(grid: int, max_alpha: float) -> int:
+    """How many grid points i/grid, i = 0, 1, …, lie at or below `max_alpha`."""
+    return math.floor(max_alpha * grid + 1e-9) + 1
+
+
 @dataclass
 class ScaleSearch:
     scales: torch.Tensor  # (k,) the chosen s (all ones when α = 0 won)
@@ -70,18 +76,22 @@ def search_scales_linear(
     grid: int,
     duo: bool,
     col_map: torch.Tensor | None = None,
+    max_alpha: float = 1.0,
+    hessian_blend: float = 0.0,
 ) -> ScaleSearch:
     """Grid search of α for consumers (W_l (out_l, in), scheme_l) sharing input statistics H (in, in).
 
     `col_map` (in,) maps each input column to the scale it shares (grouped-query v→o); None: its own.
+    Only α ≤ `max_alpha` are tried; `hessian_blend` β scores with (1 − β)·H + β·diag(H).
     """
+    H = blend_diagonal(H, hessian_blend)
     k = int(col_map.max()) + 1 if col_map is not None else x_mean.numel()
     xk = reduce_to(x_mean, col_map, k)
     wk = None
     if duo:
         wk = reduce_to(sum(group_weight_mean(W, sch) for W, sch in consumers) / len(consumers), col_map, k)
     best = None
-    for i in range(grid + 1):
+    for i in range(alpha_steps(grid, max_alpha)):
         alpha = i / grid
         s = awq_scales(xk, alpha, wk) if i else torch.ones_like(xk)
         cols = s[col_map] if col_map is not None else s  # (in,)

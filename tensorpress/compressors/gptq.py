@@ -29,6 +29,7 @@ class GPTQConfig:
     actorder: Literal["off", "static"] | bool = "off"  # static: descending diag(H) order, groups in original order
     block_size: int = 128  # columns per lazy batch update
     dampening: float = 0.01  # fraction of mean diag(H) added to the diagonal
+    hessian_blend: float = 0.0  # H ← (1 − β)·H + β·diag(H) before dampening (less cross-channel feedback)
     mse_clip: bool = False  # search a shrunk range per group (minimizing |w - q(w)|^2.4) instead of min/max
     true_sequential: bool = True  # quantize q/k/v, then o, then gate/up, then down, re-collecting H between
 
@@ -38,6 +39,8 @@ class GPTQConfig:
             raise ConfigError("block_size", f"must be ≥ 1, got {self.block_size}")
         if not 0 < self.dampening < 1:
             raise ConfigError("dampening", f"must be in (0, 1), got {self.dampening}")
+        if not 0 <= self.hessian_blend <= 1:
+            raise ConfigError("hessian_blend", f"must be in [0, 1], got {self.hessian_blend}")
 
     def scheme(self) -> QuantScheme:
         return QuantScheme(self.bits, self.group_size, self.symmetric)
@@ -105,6 +108,7 @@ class GPTQ(Compressor):
                 cfg.act_order,
                 cfg.mse_clip,
                 prune=prune,
+                hessian_blend=cfg.hessian_blend,
             )
         except ValueError as e:
             from tensorpress.errors import TensorpressError

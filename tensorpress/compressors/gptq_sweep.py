@@ -35,6 +35,20 @@ class GPTQResult:
 PruneHook = Callable[[torch.Tensor, torch.Tensor, int, int, torch.Tensor], None]
 
 
+def blend_diagonal(H: torch.Tensor, beta: float) -> torch.Tensor:
+    """(1 − β)·H + β·diag(H): shrinks the off-diagonal (cross-channel) statistics toward zero.
+
+    The diagonal is unchanged, so everything weighted by diag H (grid fits, act-order) is too; only
+    the error feedback through the inverse Hessian relies less on correlations of the calibration text.
+    """
+    if beta == 0:
+        return H
+    d = torch.diag(H).clone()
+    H = H * (1 - beta)
+    H.diagonal().copy_(d)
+    return H
+
+
 def _inverse_hessian_factor(H: torch.Tensor, dampening: float, max_retries: int = 6) -> tuple[torch.Tensor, float, int]:
     """Upper Cholesky factor of (H + λI)⁻¹, λ = damp · mean diag(H); damp grows ×10 on failure."""
     mean_diag = torch.mean(torch.diag(H))
@@ -62,11 +76,13 @@ def gptq_quantize(
     act_order: bool = False,
     mse_clip: bool = False,
     prune: PruneHook | None = None,
+    hessian_blend: float = 0.0,
 ) -> GPTQResult:
     """Quantize W (out, in) against H (in, in). Returns codes in the original column order.
 
     With `prune` the same sweep also prunes (SparseGPT; joint pruning + quantization when `scheme` is
-    set); with `scheme=None` nothing is rounded and only pruning happens.
+    set); with `scheme=None` nothing is rounded and only pruning happens. `hessian_blend` β replaces H
+    by (1 − β)·H + β·diag(H) before dampening (see `blend_diagonal`).
     """
     quantize = scheme is not None
     scheme = scheme or QuantScheme(8, -1, True)  # layout only; unused when not quantizing
@@ -86,6 +102,7 @@ def gptq_quantize(
     if quantize and static:
         grid.fit_all(W)
 
+    H = blend_diagonal(H, hessian_blend)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=W.device)
     W = W[:, perm]
     H = H[perm][:, perm]
