@@ -31,7 +31,7 @@ def main() -> None:
     for entry, source, share in zip(raw["sources"], every, mix.source_weights(every), strict=True):
         text = mix.read_source(source)
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        body = mix.render_dialogs(json.loads(text), tok) if source.format == "chatterbot" else text
+        body = mix.render_dialogs(json.loads(text), tok) if source.dialog else text
         n = tokenize(body, tok).numel()
         ok = "ok" if sha == source.text_sha256 else "CHANGED" if source.text_sha256 else "new"
         print(

@@ -108,14 +108,17 @@ def table_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def _several_texts(run: dict) -> list[dict]:
+    """A run's per-text metrics when it was evaluated on several texts (else none: the main table has it)."""
+    texts = (run.get("metrics") or {}).get("texts") or []
+    return texts if len(texts) > 1 else []
+
+
 def text_rows(summary: dict) -> list[list[str]]:
     """The per-text table (TEXT_HEADER columns): one row per run and eval text, when there are several texts."""
     rows = []
     for run in summary["runs"]:
-        texts = (run.get("metrics") or {}).get("texts") or []
-        if len(texts) < 2:
-            continue
-        for t in texts:
+        for t in _several_texts(run):
             pct, top1 = t.get("ppl_increase_pct"), t.get("top1_agreement")
             rows.append(
                 [
@@ -137,8 +140,7 @@ def text_points(summary: dict) -> list[tuple[str, str, float | None]]:
     return [
         (f"{run['model_label']} × {run['recipe_label']}", t["text"], t.get("kl"))
         for run in summary["runs"]
-        for t in (run.get("metrics") or {}).get("texts") or []
-        if len((run.get("metrics") or {}).get("texts") or []) > 1
+        for t in _several_texts(run)
     ]
 
 

@@ -12,6 +12,7 @@ rendered with the model's own chat template when tokenized (`mix_parts`).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import tarfile
@@ -44,6 +45,11 @@ class Source:
     exclude: tuple[str, ...] = ()  # globs of members left out
     max_chars: int = 600_000  # kept: evenly spread pieces of the text, cut at line ends
     member_chars: int = 0  # > 0: at most this much of each member, so many small files all get a say
+
+    @property
+    def dialog(self) -> bool:
+        """Stored as JSON chats, rendered with the model's chat template when tokenized."""
+        return self.format == "chatterbot"
 
     @property
     def requirement(self) -> str:
@@ -85,7 +91,7 @@ def mix_parts(spec: str, tokenizer=None) -> list[TextPart]:
     parts = []
     for s, weight in zip(chosen, source_weights(chosen), strict=True):
         body = build(s)
-        text = render_dialogs(json.loads(body), tokenizer) if s.format == "chatterbot" else body
+        text = render_dialogs(json.loads(body), tokenizer) if s.dialog else body
         parts.append(TextPart(f"mix:{s.domain}/{s.name}", text, weight))
     return parts
 
@@ -130,12 +136,10 @@ def read_source(source: Source, root: Path | None = None) -> str:
             f"mix source {source.name}: {archive.name} has sha256 {got}, the manifest {source.sha256}"
         )
     text = READERS[source.format](_members(archive, source), source.member_chars)
-    return text if source.format == "chatterbot" else _spread(text, source.max_chars)  # JSON stays whole
+    return text if source.dialog else _spread(text, source.max_chars)  # JSON stays whole
 
 
 def _sha(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -160,8 +164,8 @@ def _pick(names: list[str], source: Source) -> list[str]:
 
 
 def _cut(text: str, limit: int) -> str:
-    """The start of `text`, at most `limit` characters, ending at a line end where there is one."""
-    if len(text) <= limit:
+    """The start of `text`, at most `limit` characters (0: no limit), ending at a line end where there is one."""
+    if not limit or len(text) <= limit:
         return text
     end = text.rfind("\n", 0, limit)
     return text[: end + 1 if end > 0 else limit]
@@ -182,7 +186,7 @@ def _spread(text: str, limit: int, pieces: int = 8) -> str:
 
 def _decode(data: bytes, limit: int) -> str:
     text = data.decode("utf-8-sig").replace("\r\n", "\n").strip("\n")
-    return _cut(text, limit) if limit else text
+    return _cut(text, limit)
 
 
 def _plain(members: list[tuple[str, bytes]], limit: int) -> str:
@@ -225,7 +229,7 @@ def _parlspeech(members: list[tuple[str, bytes]], limit: int) -> str:
                     text = re.sub(r" ([.,!?;:)»“])", r"\1", row.get("text") or "")
                     text = re.sub(r"([(„«]) ", r"\1", text).strip()
                     if text and text != "NA":
-                        speeches.append(_cut(text, limit) if limit else text)
+                        speeches.append(_cut(text, limit))
     return "\n\n".join(speeches) + "\n"
 
 

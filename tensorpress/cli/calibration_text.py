@@ -53,13 +53,14 @@ def calibration_text_cmd(
     from tensorpress.model.checkpoint import resolve_folder
     from tensorpress.pipeline.recipe import find_recipe, load_recipe
 
-    c = load_recipe(recipe).calibration
+    recipe_path = find_recipe(recipe)
+    c = load_recipe(recipe_path).calibration
     sources = [(t, 1.0) for t in text] if text else c.sources
     if out.is_dir():
         raise TensorpressError(f"--out {out}: is a folder; give a file name")
     if (out.exists() or out.is_symlink()) and not force:
         raise TensorpressError(f"--out {out}: exists; pass --force to replace it")
-    check_apart(out, input_paths(model, find_recipe(recipe), *(s for s, _ in sources)))
+    check_apart(out, input_paths(model, recipe_path, *(s for s, _ in sources)))
     folder = resolve_folder(model)
     check_apart(out, [folder])
     tokenizer = load_tokenizer(folder)

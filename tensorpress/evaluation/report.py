@@ -16,6 +16,7 @@ from tensorpress.version import __version__
 def build_report(
     out: Path, ckpt: Checkpoint, recipe: dict, metrics: dict, meter: StageMeter, notes: list[str], layer_stats: dict
 ) -> dict:
+    texts = [_text_row(t) for t in metrics.get("texts") or [metrics]]  # the first is the headline
     sizes = size_stats(out)
     base_sizes = size_stats(ckpt.folder)
     report = {
@@ -23,13 +24,13 @@ def build_report(
         "model": ckpt.spec,
         "ppl_base": metrics.get("ppl_base"),
         "ppl": metrics["ppl"],
-        "ppl_increase_pct": 100 * (metrics["ppl"] / metrics["ppl_base"] - 1) if metrics.get("ppl_base") else None,
+        "ppl_increase_pct": texts[0]["ppl_increase_pct"],
         "kl": metrics.get("kl"),
         "top1_agreement": metrics.get("top1_agreement"),
         "tokens": metrics["tokens"],
         "eval": {k: metrics[k] for k in ("text", "windows", "seqlen") if k in metrics},
         # Every eval text (the first is the headline above): base ppl, ppl, its rise, KL, top-1.
-        "texts": [_text_row(t) for t in metrics.get("texts") or [metrics]],
+        "texts": texts,
         "bits_per_weight": sizes["bits_per_weight"],
         "bits_per_param_overall": sizes["bits_per_param_overall"],
         "size_bytes": sizes["size_bytes"],
