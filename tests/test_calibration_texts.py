@@ -204,3 +204,11 @@ def test_dialogs_render_with_the_models_chat_template(tiny_models):
     assert render_dialogs(turns, tok) == "user: Hi\nassistant: Hello\n"  # no template: plain turns
     tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
     assert render_dialogs(turns, tok) == "<|user|>Hi<|end|><|assistant|>Hello<|end|>"
+
+
+def test_unknown_mix_part_and_folder_out_are_named(tiny_models, two_texts, tmp_path, capsys):
+    with pytest.raises(TensorpressError, match="text 'mix:nope': no such part of the mix"):
+        calibration_windows("mix:nope", load_tokenizer(tiny_models["llama"]), 4, 8, 0)
+    args = ["calibration-text", str(tiny_models["llama"]), "--text", str(two_texts[0]), "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert f"--out {tmp_path}: is a folder" in capsys.readouterr().err
